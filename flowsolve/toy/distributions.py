@@ -1,0 +1,183 @@
+"""Analytic toy data laws: Gaussian, Gaussian mixture (full covariances), empirical points.
+
+Parameters are stored in float64 on the CPU; ``sample`` and ``log_prob`` return the
+caller's dtype/device. Exact denoisers for these laws live in :mod:`flowsolve.fields`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._validation import check_dim
+
+_WEIGHT_TOL = 1e-6
+
+
+def _as64(name, value) -> torch.Tensor:
+    try:
+        out = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a number array, got {type(value).__name__}: {err}") from None
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} must be finite")
+    return out
+
+
+def _check_weights(weights, k: int) -> torch.Tensor:
+    if weights is None:
+        return torch.full((k,), 1.0 / k, dtype=torch.float64)
+    w = _as64("weights", weights).reshape(-1)
+    if w.numel() != k:
+        raise ValueError(f"weights must have {k} entries (one per component/point), got {w.numel()}")
+    if bool((w < 0).any()):
+        raise ValueError(f"weights must be >= 0, got min {float(w.min())!r}")
+    if abs(float(w.sum()) - 1.0) > _WEIGHT_TOL:
+        raise ValueError(f"weights must sum to 1 (within {_WEIGHT_TOL}), got sum {float(w.sum())!r}")
+    return w / w.sum()
+
+
+def _categorical(weights: torch.Tensor, n: int, generator) -> torch.Tensor:
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def _check_n(n) -> int:
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be an integer >= 0, got {n!r}")
+    return int(n)
+
+
+class GaussianMixture:
+    """``sum_k w_k N(mean_k, cov_k)``.
+
+    ``covs_or_stds`` may be: a ``(K, N, N)`` stack of covariances (symmetric positive
+    definite); a ``(K, N)`` array of per-coordinate standard deviations (diagonal); a ``(K,)``
+    array or a scalar of isotropic standard deviations.
+    """
+
+    def __init__(self, means, covs_or_stds, weights=None):
+        means = _as64("means", means)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, N), got {tuple(means.shape)}")
+        k, n = means.shape
+        cov = _as64("covs_or_stds", covs_or_stds)
+        if cov.ndim == 3:
+            if cov.shape != (k, n, n):
+                raise ValueError(f"covariances must have shape ({k}, {n}, {n}), got {tuple(cov.shape)}")
+            if not torch.allclose(cov, cov.transpose(-1, -2), rtol=1e-10, atol=1e-12):
+                raise ValueError("covariances must be symmetric positive definite (got a non-symmetric matrix)")
+            cov = 0.5 * (cov + cov.transpose(-1, -2))
+            lam, vecs = torch.linalg.eigh(cov)
+            if bool((lam <= 0).any()):
+                raise ValueError(
+                    f"covariances must be symmetric positive definite, got an eigenvalue {float(lam.min())!r}")
+            self.eigvecs = vecs
+        else:
+            stds = cov.reshape(-1) if cov.ndim <= 1 else cov
+            if stds.ndim == 1:
+                if stds.numel() == 1:
+                    stds = stds.expand(k)
+                if stds.numel() != k:
+                    raise ValueError(f"isotropic stds must have {k} entries, got {stds.numel()}")
+                stds = stds[:, None].expand(k, n)
+            if stds.shape != (k, n):
+                raise ValueError(f"stds must have shape ({k},), ({k}, {n}) or be a scalar, got {tuple(stds.shape)}")
+            if bool((stds <= 0).any()):
+                raise ValueError(f"standard deviations must be > 0, got min {float(stds.min())!r}")
+            lam = stds.clone() ** 2
+            cov = torch.diag_embed(lam)
+            self.eigvecs = None  # diagonal: the eigenbasis is the coordinate basis
+        self.means, self.covs, self.eigvals = means, cov, lam
+        self.weights = _check_weights(weights, k)
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return (self.weights[:, None] * self.means).sum(0)
+
+    def covariance(self) -> torch.Tensor:
+        mu = self.mean()
+        d = self.means - mu
+        return (self.weights[:, None, None] * (self.covs + d[:, :, None] * d[:, None, :])).sum(0)
+
+    def sample(self, n: int, generator=None, dtype=None, device=None) -> torch.Tensor:
+        n = _check_n(n)
+        comp = _categorical(self.weights, n, generator)
+        g = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        root = self.eigvals.sqrt()[comp]
+        if self.eigvecs is None:
+            x = self.means[comp] + root * g
+        else:
+            x = self.means[comp] + torch.einsum("bij,bj->bi", self.eigvecs[comp], root * g)
+        return x.to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Log density at ``x`` of shape ``(..., N)``."""
+        check_dim("x", x, self.dim)
+        mu = self.means.to(x)
+        lam = self.eigvals.to(x)
+        d = x.unsqueeze(-2) - mu
+        z = d if self.eigvecs is None else torch.einsum("...kn,knm->...km", d, self.eigvecs.to(x))
+        comp = -0.5 * ((z**2 / lam).sum(-1) + torch.log(lam).sum(-1) + self.dim * math.log(2 * math.pi))
+        return torch.logsumexp(comp + torch.log(self.weights.to(x)), dim=-1)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(n_components={self.n_components}, dim={self.dim})"
+
+
+class Gaussian(GaussianMixture):
+    """``N(mean, cov)``; ``cov`` a ``(N, N)`` covariance matrix, a ``(N,)`` vector of
+    variances (diagonal covariance), or a scalar variance (isotropic)."""
+
+    def __init__(self, mean, cov):
+        mean = _as64("mean", mean).reshape(1, -1)
+        cov = _as64("cov", cov)
+        if cov.ndim == 2:
+            cov = cov.unsqueeze(0)
+        else:
+            if bool((cov <= 0).any()):
+                raise ValueError(f"cov (variances) must be > 0, got min {float(cov.min())!r}")
+            cov = cov.sqrt().reshape(1, -1) if cov.ndim == 1 else cov.sqrt()
+        super().__init__(mean, cov, None)
+
+    def __repr__(self):
+        return f"Gaussian(dim={self.dim})"
+
+
+class Empirical:
+    """A weighted point set ``sum_i w_i delta(y_i)`` (has no density, so no ``log_prob``)."""
+
+    def __init__(self, points, weights=None):
+        points = _as64("points", points)
+        if points.ndim != 2 or points.shape[0] < 1:
+            raise ValueError(f"points must have shape (M, N) with M >= 1, got {tuple(points.shape)}")
+        self.points = points
+        self.weights = _check_weights(weights, points.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return self.points.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        return (self.weights[:, None] * self.points).sum(0)
+
+    def covariance(self) -> torch.Tensor:
+        d = self.points - self.mean()
+        return (self.weights[:, None, None] * d[:, :, None] * d[:, None, :]).sum(0)
+
+    def sample(self, n: int, generator=None, dtype=None, device=None) -> torch.Tensor:
+        n = _check_n(n)
+        idx = _categorical(self.weights, n, generator)
+        return self.points[idx].to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+    def __repr__(self):
+        return f"Empirical(n_points={self.points.shape[0]}, dim={self.dim})"
