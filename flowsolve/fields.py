@@ -277,7 +277,7 @@ class MixtureField(ExactField):
     The integrand is analytic and decays at both ends, so the rule converges exponentially
     (Trefethen & Weideman 2014); the node span covers the prior's tails to ``exp(-32)`` and
     the step keeps the discretisation error below ``exp(-28)``. Target: 1e-6 relative
-    (tested against adaptive quadrature and Monte Carlo). Computed in float64, returned in
+    (tested against a brute-force dense Simpson rule and Monte Carlo). Computed in float64, returned in
     x's dtype.
     """
 
@@ -296,7 +296,7 @@ class MixtureField(ExactField):
 
         Left (small u, large kernel variance): the heaviest tail the posterior can have is
         the prior's, ``exp(a t)`` with ``a = D/2``, so the span covers a log-gamma(a) to
-        ``exp(-25)``; right: the tail is at least Gaussian, so ``sqrt(2 * 25)`` stds. Both
+        ``exp(-_TAIL_LOG)``; right: the tail is at least Gaussian, so ``sqrt(2 _TAIL_LOG)`` stds. Both
         get a 25 % margin.
         """
         target = cls._TAIL_LOG
