@@ -22,21 +22,21 @@ import torch
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def _stirling_tail(x: float) -> float:
+    """``lgamma(x) - [(x - 1/2) log x - x + log(2 pi)/2]``; the omitted term is < 2e-14 for x >= 10."""
+    return 1.0 / (12.0 * x) - 1.0 / (360.0 * x**3) + 1.0 / (1260.0 * x**5) - 1.0 / (1680.0 * x**7) + 1.0 / (1188.0 * x**9)
+
+
 def log_gamma_ratio(a: float, h: float) -> float:
     """``lgamma(a + h) - lgamma(a)`` without the cancellation of two huge lgammas.
 
-    For ``a >= 10`` it uses Stirling's series (terms to ``x^-5``; the next term is below
-    1e-10 there) rearranged as ``(a - 1/2) log1p(h/a) + h log(a + h) - h + ...``, which stays
+    For ``a >= 10`` it uses Stirling's series (see ``_stirling_tail``) rearranged as ``(a - 1/2) log1p(h/a) + h log(a + h) - h + ...``, which stays
     exact to ~1e-12 for ``a`` up to 1e300 (D up to 1e9 and beyond needs this).
     """
     if a < 10.0:
         return math.lgamma(a + h) - math.lgamma(a)
     b = a + h
-
-    def tail(x: float) -> float:
-        return 1.0 / (12.0 * x) - 1.0 / (360.0 * x**3) + 1.0 / (1260.0 * x**5)
-
-    return (a - 0.5) * math.log1p(h / a) + h * math.log(b) - h + tail(b) - tail(a)
+    return (a - 0.5) * math.log1p(h / a) + h * math.log(b) - h + _stirling_tail(b) - _stirling_tail(a)
 
 
 def log_gamma_density_norm(a: float) -> float:
@@ -44,7 +44,7 @@ def log_gamma_density_norm(a: float) -> float:
     ``exp(a (log u - u + 1))`` form. Stable for huge ``a`` (Stirling: ``½ log(a / 2π) - ...``)."""
     if a < 10.0:
         return a * math.log(a) - math.lgamma(a) - a
-    return 0.5 * math.log(a) - _HALF_LOG_2PI - 1.0 / (12.0 * a) + 1.0 / (360.0 * a**3) - 1.0 / (1260.0 * a**5)
+    return 0.5 * math.log(a) - _HALF_LOG_2PI - _stirling_tail(a)
 
 
 class GaussianKernel:
