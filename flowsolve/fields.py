@@ -2,7 +2,7 @@
 
 The central quantity is the denoiser ``D(x; t) = E[y | x_t = x]`` (returned in data space)
 for the process ``x_t = s(t) (y + sigma(t) n)``. With ``x̂ = x / s`` every other quantity is
-a conversion (Karras et al. 2022, EDM, eqs. 3-4; Xu et al. 2023, PFGM++, eq. 5 and Sec. 4):
+a conversion (Karras et al. 2022, EDM, Sec. 2 and App. B; Xu et al. 2023, PFGM++, Secs. 3-4):
 
     eps(x, t)           = (x̂ - D) / sigma
     score(x, t)         = grad_x log p_t(x) = (s D - x) / (s^2 sigma^2)      (Gaussian kernel)

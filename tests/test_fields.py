@@ -184,3 +184,19 @@ def test_batched_times_equal_per_sample_calls(frac, seed):
     batched = field.denoiser(x, ts)
     for i in range(3):
         torch.testing.assert_close(batched[i], field.denoiser(x[i : i + 1], float(ts[i]))[0])
+
+
+@given(log_D=st.floats(math.log(0.3), math.log(1e4)), log_sigma=st.floats(math.log(0.002), math.log(80.0)),
+       dim=st.integers(1, 4), seed=st.integers(0, 10_000), log_scale=st.floats(-2.0, 8.0))
+def test_pfgmpp_quadrature_property(log_D, log_sigma, dim, seed, log_scale):
+    """Random mixtures, D, sigma and points from near the data to far out in the tails."""
+    D, sigma = math.exp(log_D), math.exp(log_sigma)
+    data = fs.toy.random_mixture(dim, 2, seed=seed)
+    field = fs.exact_field(fs.PFGMPP(D=D), data)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, dim, generator=gen, dtype=torch.float64) * math.exp(log_scale)
+    log_p, den = student_t_mixture_posterior(x[0].numpy(), data.means, data.covs, data.weights, sigma, D,
+                                             t_lo=-260.0, t_hi=14.0, n=600_001)
+    assert abs(float(field.log_prob(x, sigma)[0]) - log_p) < 1e-6 * max(1.0, abs(log_p))
+    err = float((field.denoiser(x, sigma)[0] - torch.tensor(den)).norm())
+    assert err < 1e-6 * max(1.0, float(np.linalg.norm(den)))

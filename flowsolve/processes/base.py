@@ -1,4 +1,4 @@
-"""The canonical process ``x_t = s(t) (y + sigma(t) n)`` (Karras et al. 2022, EDM, eq. 4 context).
+"""The canonical process ``x_t = s(t) (y + sigma(t) n)`` (Karras et al. 2022, EDM, Sec. 2 and App. B.2).
 
 A :class:`Process` knows its schedules ``s(t)`` (``scale``) and ``sigma(t)``, their time
 derivatives, its kernel (the law of ``n``) and its time span; it knows nothing of data,

@@ -1,7 +1,7 @@
 """Gaussian-kernel processes (diffusions) and their forward SDEs.
 
 For ``x_t = s(t) (y + sigma(t) n)``, ``n ~ N(0, I)``, the forward SDE
-``dx = f(t) x dt + g(t) dW`` has (Karras et al. 2022, EDM, eq. 4 and App. B.2)
+``dx = f(t) x dt + g(t) dW`` has (Karras et al. 2022, EDM, App. B.2)
 
     f(t) = s'(t) / s(t),        g(t) = s(t) sqrt(2 sigma(t) sigma'(t)),
 
@@ -80,8 +80,9 @@ class Diffusion(Process):
         s, sig = self._scale(grid), self._sigma(grid)
         if not (torch.isfinite(s).all() and (s > 0).all()):
             raise ValueError(f"scale(t) must be finite and > 0 on [t_min, t_max] = [{self.t_min}, {self.t_max}]")
-        if not (torch.isfinite(sig).all() and (sig >= 0).all() and (sig[-1] > 0)):
-            raise ValueError(f"sigma(t) must be finite and >= 0 on [t_min, t_max] = [{self.t_min}, {self.t_max}]")
+        if not (torch.isfinite(sig).all() and (sig > 0).all()):
+            raise ValueError(f"sigma(t) must be finite and > 0 on [t_min, t_max] = [{self.t_min}, {self.t_max}] "
+                             "(sigma = 0 is the data itself: fields divide by sigma)")
         if not (sig[1:] > sig[:-1]).all():
             raise ValueError("sigma(t) must be strictly increasing in t on [t_min, t_max]")
 
@@ -261,7 +262,8 @@ class LinearSDE(Diffusion):
     """A process from its linear forward SDE ``dx = f(t) x dt + g(t) dW``.
 
     ``s(t) = exp(∫_{t0}^t f)`` and ``sigma(t)^2 = ∫_{t0}^t g(u)^2 / s(u)^2 du``, where ``t0``
-    (default ``t_min``) is the time at which x is the clean data. Both integrals are solved
+    (default 0, and it must be < ``t_min``) is the time at which x is the clean data, so that
+    ``sigma(t_min) > 0``. Both integrals are solved
     together once, at construction, by SciPy's DOP853 with dense output (rtol 1e-12), so
     later evaluations are interpolations accurate to ~1e-10. Derivatives are exact:
     ``s' = f s`` and ``sigma' = g^2 / (2 s^2 sigma)``.
@@ -269,15 +271,15 @@ class LinearSDE(Diffusion):
     ``f`` and ``g`` map a float64 tensor of times to a tensor.
     """
 
-    def __init__(self, f: Callable, g: Callable, t_min: float, t_max: float, t0: float | None = None):
+    def __init__(self, f: Callable, g: Callable, t_min: float, t_max: float, t0: float = 0.0):
         from scipy.integrate import solve_ivp
 
         if not callable(f) or not callable(g):
             raise ValueError("f and g must be callables of t (float64 tensor in, tensor out)")
         super().__init__(t_min=t_min, t_max=t_max)
-        t0 = self.t_min if t0 is None else float(t0)
-        if not t0 <= self.t_min:
-            raise ValueError(f"t0 must be <= t_min={self.t_min!r}, got {t0!r}")
+        t0 = float(t0)
+        if not t0 < self.t_min:
+            raise ValueError(f"t0 must be < t_min={self.t_min!r} (sigma(t_min) must be > 0), got t0={t0!r}")
         self._fn_f, self._fn_g, self.t0 = f, g, t0
 
         def rhs(t, y):
@@ -295,8 +297,8 @@ class LinearSDE(Diffusion):
         logs, var = self._dense(grid)
         if not (np.isfinite(logs).all() and np.isfinite(var).all()):
             raise ValueError("f and g must give finite s(t) and sigma(t) on [t_min, t_max]")
-        if not (np.diff(var) > 0).all() or var[-1] <= 0:
-            raise ValueError("g(t) must be > 0 on [t_min, t_max] so that sigma(t) increases")
+        if not (np.diff(var) > 0).all() or var[0] <= 0:
+            raise ValueError("g(t) must be > 0 on [t0, t_max] so that sigma(t) increases from sigma(t_min) > 0")
 
     def _interp(self, t: torch.Tensor):
         logs, var = self._dense(t.detach().cpu().numpy().ravel())

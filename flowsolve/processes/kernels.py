@@ -4,7 +4,7 @@
 * :class:`StudentTKernel` -- the PFGM++ kernel with augmentation dimension ``D``:
   ``p(n) ∝ (||n||^2 + D)^(-(N+D)/2)`` in N dimensions, a multivariate Student-t with D
   degrees of freedom and unit scale. With ``r = sigma sqrt(D)`` the perturbation kernel is
-  ``p_r(x | y) ∝ (||x - y||^2 + r^2)^(-(N+D)/2)`` (Xu et al. 2023, PFGM++, eq. 4).
+  ``p_r(x | y) ∝ (||x - y||^2 + r^2)^(-(N+D)/2)`` (Xu et al. 2023, PFGM++, Sec. 3).
   D = 1 is PFGM's multivariate Cauchy kernel; D -> inf recovers the Gaussian.
 
 Both kernels are written as functions of the squared distance so that fields can use one

@@ -4,7 +4,7 @@ In canonical form ``x_t = y + sigma n`` with ``t = sigma`` and the Student-t ker
 :class:`~flowsolve.processes.kernels.StudentTKernel`; the augmented radius is
 ``r = sigma sqrt(D)`` (PFGM++ Sec. 4, "r = sigma sqrt(D)" alignment with EDM). There is no
 forward SDE: the process is defined by its kernel, and the probability-flow ODE is
-``dx/dr = E_x / E_r`` (PFGM++ eq. 5), which in ``sigma`` reads ``dx/dsigma = (x - D(x))/sigma``.
+``dx/dr = E_x / E_r`` (PFGM++ Sec. 3), which in ``sigma`` reads ``dx/dsigma = (x - D(x))/sigma``.
 """
 
 from __future__ import annotations
