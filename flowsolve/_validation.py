@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-# Relative slack for time-range checks: a float32 time grid may land a few ulps outside
+# Relative slack for time-range checks, per end: a float32 time may land a few ulps outside
 # [t_min, t_max] after a float64 -> float32 cast, and that must not be an error.
 _TIME_RTOL = 1e-6
 
@@ -46,7 +46,7 @@ def check_dim(name: str, x: torch.Tensor, dim: int) -> None:
 
 def check_time_range(name: str, t: torch.Tensor | float, t_min: float, t_max: float) -> None:
     """Raise unless every entry of ``t`` lies in [t_min, t_max] (up to float32 rounding)."""
-    slack = _TIME_RTOL * max(abs(t_min), abs(t_max))
+    lo_slack, hi_slack = _TIME_RTOL * abs(t_min), _TIME_RTOL * abs(t_max)
     if isinstance(t, torch.Tensor):
         if t.numel() == 0:
             return
@@ -57,5 +57,5 @@ def check_time_range(name: str, t: torch.Tensor | float, t_min: float, t_max: fl
         lo = hi = float(t)
         if not math.isfinite(lo):
             raise ValueError(f"{name} must be finite, got {t!r}")
-    if lo < t_min - slack or hi > t_max + slack:
+    if lo < t_min - lo_slack or hi > t_max + hi_slack:
         raise ValueError(f"{name} must lie in [{t_min!r}, {t_max!r}], got values in [{lo!r}, {hi!r}]")

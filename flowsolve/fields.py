@@ -159,6 +159,8 @@ class WrappedField(Field):
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the wrapped {self.kind} must return a tensor of x's shape {tuple(x.shape)}, got {got}")
+        if out.device != x.device:
+            raise ValueError(f"the wrapped {self.kind} returned a tensor on device {out.device}, but x is on {x.device}")
         return out
 
     def _denoise(self, x, t, s, sig):

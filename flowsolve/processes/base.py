@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .._validation import check_dim, check_order, check_time_range
+from .._validation import check_dim, check_order, check_same_device, check_time_range
 
 _BISECTION_STEPS = 200
 
@@ -145,6 +145,7 @@ class Process:
     def kernel_log_prob(self, x: torch.Tensor, y: torch.Tensor, t) -> torch.Tensor:
         """``log p_t(x | y)``, density of ``x_t`` given data ``y`` (includes the ``s^-N`` Jacobian)."""
         check_dim("x", x, y.shape[-1])
+        check_same_device(x=x, y=y)
         s, sig = self._schedule_like(t, x)
         dim = x.shape[-1]
         dist_sq = ((x / s - y) ** 2).sum(-1)

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._validation import check_order, check_positive
+from .._validation import check_order, check_positive, check_same_device
 from .base import Process, _as_float64
 from .kernels import GaussianKernel
 
@@ -100,6 +100,7 @@ class Diffusion(Process):
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         """Forward SDE drift ``f(t) x``; ``t`` a float or a tensor of shape ``x.shape[:-1]``."""
+        check_same_device(x=x, t=t)
         f = self._eval(self._f, t).to(dtype=x.dtype, device=x.device)
         return (f.unsqueeze(-1) if f.ndim else f) * x
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .._validation import check_order, check_positive
+from .._validation import check_order, check_positive, check_time_range
 from .base import Process
 from .kernels import StudentTKernel
 
@@ -55,7 +55,9 @@ class PFGMPP(Process):
 
     def t_of_r(self, r) -> torch.Tensor:
         """Inverse of :meth:`r`."""
-        return self.t_of_sigma(r / math.sqrt(self.D))
+        root_D = math.sqrt(self.D)
+        check_time_range("r", r, self.t_min * root_D, self.t_max * root_D)
+        return self.t_of_sigma(r / root_D)
 
     def __repr__(self):
         return f"PFGMPP(D={self.D!r}, sigma_min={self.t_min!r}, sigma_max={self.t_max!r})"

@@ -63,6 +63,8 @@ class GaussianMixture:
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, N), got {tuple(means.shape)}")
         k, n = means.shape
+        if k < 1 or n < 1:
+            raise ValueError(f"means must have at least one component and one dimension, got shape {(k, n)}")
         cov = _as64("covs_or_stds", covs_or_stds)
         if cov.ndim == 3:
             if cov.shape != (k, n, n):
@@ -139,8 +141,16 @@ class Gaussian(GaussianMixture):
     variances (diagonal covariance), or a scalar variance (isotropic)."""
 
     def __init__(self, mean, cov):
-        mean = _as64("mean", mean).reshape(1, -1)
+        mean = _as64("mean", mean)
+        if mean.ndim != 1:
+            raise ValueError(f"mean must be a vector of shape (N,), got shape {tuple(mean.shape)}")
+        mean = mean.reshape(1, -1)
         cov = _as64("cov", cov)
+        if cov.ndim == 1 and cov.numel() != mean.shape[1]:
+            raise ValueError(f"cov as a vector of variances must have {mean.shape[1]} entries, got {cov.numel()}")
+        if cov.ndim > 2 or (cov.ndim == 2 and cov.shape != (mean.shape[1], mean.shape[1])):
+            raise ValueError(f"cov must be a ({mean.shape[1]}, {mean.shape[1]}) matrix, a vector of variances or a "
+                             f"scalar, got shape {tuple(cov.shape)}")
         if cov.ndim == 2:
             cov = cov.unsqueeze(0)
         else:
