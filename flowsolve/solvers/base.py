@@ -1,0 +1,173 @@
+"""What every solver shares: the ``Solution``, the solver registry, per-sample noise streams,
+and an NFE-counting view of a flow.
+
+A solver is a function ``fn(flow, x, ts, *, noise, save_at, **options) -> Solution`` where
+``ts`` is a 1-D float64 grid (fixed-step) or a pair ``(t0, t1)`` (adaptive). It is
+registered with :func:`register_solver` and looked up by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+SUCCESS, MAX_STEPS, NONFINITE, UNDERFLOW = "success", "max_steps", "nonfinite", "underflow"
+
+
+@dataclass
+class Solution:
+    """Result of :func:`flowsolve.solve` / :func:`flowsolve.sample`.
+
+    ``x`` final state (the last finite one on a fault); ``t`` final time per sample;
+    ``nfe``, ``n_steps``, ``n_accepted``, ``n_rejected`` per-sample counts (int64 tensors);
+    ``status`` one of "success", "max_steps", "nonfinite", "underflow", with ``message``
+    saying where (time and step); ``ts``/``xs`` the saved trajectory when ``save_at`` was given.
+    """
+
+    x: torch.Tensor
+    t: torch.Tensor
+    nfe: torch.Tensor
+    n_steps: torch.Tensor
+    n_accepted: torch.Tensor
+    n_rejected: torch.Tensor
+    status: str = SUCCESS
+    message: str = ""
+    ts: torch.Tensor | None = None
+    xs: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return self.status == SUCCESS
+
+    def __repr__(self) -> str:
+        nfe = self.nfe.float()
+        return (f"Solution(status={self.status!r}, n={self.x.shape[0]}, nfe mean {float(nfe.mean()):.1f} "
+                f"max {int(self.nfe.max()) if self.nfe.numel() else 0}, steps {int(self.n_steps.max()) if self.n_steps.numel() else 0}"
+                f"{', ' + self.message if self.message else ''})")
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    name: str
+    fn: Callable
+    kind: str  # "ode" or "sde"
+    order: float
+    nfe_per_step: int
+    adaptive: bool = False
+    process_aware: bool = False
+    description: str = ""
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "order": self.order, "nfe_per_step": self.nfe_per_step,
+                "adaptive": self.adaptive, "process_aware": self.process_aware, "description": self.description}
+
+
+_REGISTRY: dict[str, SolverInfo] = {}
+
+
+def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per_step: int, adaptive: bool = False,
+                    process_aware: bool = False, description: str = "", overwrite: bool = False) -> SolverInfo:
+    """Make ``fn`` available as ``solver=name`` in :func:`solve` and :func:`sample`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"a solver named {name!r} is already registered (pass overwrite=True to replace it)")
+    if kind not in ("ode", "sde"):
+        raise ValueError(f"kind must be 'ode' or 'sde', got {kind!r}")
+    if int(nfe_per_step) != nfe_per_step or nfe_per_step < 1:
+        raise ValueError(f"nfe_per_step must be an integer >= 1, got {nfe_per_step!r}")
+    info = SolverInfo(name, fn, kind, float(order), int(nfe_per_step), bool(adaptive), bool(process_aware), description)
+    _REGISTRY[name] = info
+    return info
+
+
+def get_solver(name: str) -> SolverInfo:
+    if name not in _REGISTRY:
+        raise ValueError(f"solver must be one of {sorted(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def available_solvers() -> dict[str, dict]:
+    """Solver name -> info (kind, order, nfe_per_step, adaptive, process_aware, description)."""
+    return {name: info.as_dict() for name, info in sorted(_REGISTRY.items())}
+
+
+class NoiseSource:
+    """Independent Gaussian streams per sample: sample ``offset + i`` draws from a generator
+    seeded by ``(seed, block)`` with ``block = (offset + i) // BLOCK``, so its noise is the same
+    whatever the batch size, the other samples or how the batch is split (pass ``offset`` for
+    a later part of a split batch; ``stream`` separates independent uses of one seed, e.g.
+    the prior draw and the solver's noise). Draws are made on the CPU in float64 and then cast and
+    moved, so they are also the same on every device.
+    """
+
+    BLOCK = 64
+
+    def __init__(self, seed: int, n: int, dim: int, dtype=torch.float32, device=None, offset: int = 0,
+                 stream: int = 0):
+        if int(seed) != seed or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if int(offset) != offset or offset < 0:
+            raise ValueError(f"offset must be an integer >= 0, got {offset!r}")
+        self.n, self.dim, self.dtype, self.device = int(n), int(dim), dtype, device
+        idx = np.arange(int(offset), int(offset) + self.n)
+        blocks = idx // self.BLOCK
+        self._blocks = np.unique(blocks)
+        self._gens = []
+        for b in self._blocks:
+            state = np.random.SeedSequence([int(seed), int(stream), int(b)]).generate_state(2, dtype=np.uint32)
+            self._gens.append(torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1])))
+        pos = {int(b): j for j, b in enumerate(self._blocks)}
+        self._rows = torch.as_tensor([pos[int(b)] * self.BLOCK + int(i % self.BLOCK) for b, i in zip(blocks, idx)],
+                                     dtype=torch.long)
+
+    def _gather(self, draws: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(draws, dim=0)[self._rows]
+
+    def randn(self, dim: int | None = None) -> torch.Tensor:
+        """The next standard-normal draw of every sample, shape ``(n, dim)``."""
+        dim = self.dim if dim is None else int(dim)
+        out = self._gather([torch.randn(self.BLOCK, dim, generator=g, dtype=torch.float64) for g in self._gens])
+        return out.to(dtype=self.dtype, device=self.device)
+
+    def gamma(self, concentration: float) -> torch.Tensor:
+        """The next ``Gamma(concentration, 1)`` draw of every sample, shape ``(n,)``, float64."""
+        alpha = torch.full((self.BLOCK,), float(concentration), dtype=torch.float64)
+        out = self._gather([torch._standard_gamma(alpha, generator=g) for g in self._gens])
+        return out.to(device=self.device)
+
+    def kernel_noise(self, kernel) -> torch.Tensor:
+        """A draw of the process kernel's unit noise ``n`` for every sample, shape ``(n, dim)``."""
+        g = self.randn().to(torch.float64)
+        if getattr(kernel, "name", "gaussian") == "gaussian":
+            return g.to(self.dtype)
+        u = self.gamma(0.5 * kernel.D).to(g.device) / (0.5 * kernel.D)
+        return (g / torch.sqrt(u).unsqueeze(-1)).to(self.dtype)
+
+
+class CountingFlow:
+    """Wraps a flow, counting field evaluations per sample (``nfe``), and raising nothing
+    itself: solvers check finiteness and report where it failed."""
+
+    def __init__(self, flow, n: int, device=None):
+        self.flow = flow
+        self.nfe = torch.zeros(n, dtype=torch.long, device=device)
+
+    def drift(self, x, t, active: torch.Tensor | None = None):
+        if active is None:
+            self.nfe += 1
+        else:
+            self.nfe[active] += 1
+        return self.flow.drift(x, t)
+
+
+def as_time(t, x: torch.Tensor):
+    """A Python float or a per-sample float64 tensor (schedules are evaluated in float64,
+    so times are never rounded to x's dtype)."""
+    if isinstance(t, torch.Tensor):
+        return t.to(dtype=torch.float64, device=x.device)
+    return float(t)
