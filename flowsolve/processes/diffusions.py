@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .._validation import check_order, check_positive, check_same_device
-from .base import Process, _as_float64
+from .base import Process
 from .kernels import GaussianKernel
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ..fields import Field
 from ..flows import _as_field, probability_flow, reverse_sde
 from ..grids import make_grid
-from ..processes.base import Process
+from ..processes.diffusions import Diffusion
 from ..processes.sde import require_canonical
 from .base import NoiseSource, Solution, get_solver
 
@@ -59,10 +58,13 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, seed: int = 0, noi
                          "fs.reverse_sde from a canonical process (VE, VP, SubVP, EDM, PFGMPP, Poisson, Diffusion, "
                          "LinearSDE) and a field; a general SDE or a plain ODE has no scale/sigma to work with")
     if info.kind == "sde":
+        if not callable(getattr(flow, "diffusion", None)):
+            process = getattr(flow, "process", None)
+            what = f"{type(process).__name__} has no forward SDE" if process is not None else "flow has no diffusion(t)"
+            raise ValueError(f"solver {solver!r} integrates a reverse SDE, but {what}: use fs.reverse_sde on a "
+                             "diffusion (VE, VP, SubVP, EDM, Diffusion, LinearSDE) or a general fs.SDE, or an ODE solver")
         if info.process_aware:
             require_canonical(flow.process, f"solver {solver!r}")
-        elif not callable(getattr(flow, "diffusion", None)):
-            raise ValueError(f"solver {solver!r} integrates an SDE: flow needs diffusion(t) (use fs.reverse_sde)")
         if noise is None:
             noise = NoiseSource(seed, x.shape[0], x.shape[1], dtype=x.dtype, device=x.device, stream=SOLVER_STREAM)
         options["noise"] = noise
@@ -117,9 +119,10 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
         if x_init.shape[0] != n:
             raise ValueError(f"x_init must hold n={n} points, got {x_init.shape[0]}")
         x_init = x_init.to(dtype=dtype, device=device if device is not None else x_init.device)
-    flow = reverse_sde(process, field) if info.kind == "sde" and not info.process_aware else probability_flow(process, field)
-    if info.kind == "sde" and info.process_aware and hasattr(process, "diffusion"):
+    if info.kind == "sde" and isinstance(process, Diffusion):
         flow = reverse_sde(process, field)
+    else:  # an SDE solver on PFGM++ is refused by solve() with the reason
+        flow = probability_flow(process, field)
     noise = None
     if info.kind == "sde":
         noise = NoiseSource(seed, n, dim, dtype=x_init.dtype, device=x_init.device, offset=offset, stream=SOLVER_STREAM)
