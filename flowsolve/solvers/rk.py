@@ -166,6 +166,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     steps = torch.zeros(n, dtype=torch.long, device=dev)
     accepted = torch.zeros_like(steps)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
+    nonfinite_last = torch.zeros(n, dtype=torch.bool, device=dev)
     save_ptr = torch.zeros(n, dtype=torch.long, device=dev)
     saved = torch.empty((len(targets), *x.shape), dtype=x.dtype, device=dev) if targets else None
     if targets:
@@ -194,8 +195,9 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
         if bool((ha < tiny).any()):
             bad = int(idx[ha < tiny][0])
             status = UNDERFLOW
-            message = (f"step size underflow (h={float(h[bad]):.3g}) for sample {bad} at t={float(t[bad])!r} "
-                       f"after {int(steps[bad])} steps")
+            cause = " after non-finite field values" if bool(nonfinite_last[bad]) else ""
+            message = (f"step size underflow (h={float(h[bad]):.3g}){cause} for sample {bad} at t={float(t[bad])!r} "
+                       f"in step {int(steps[bad])}")
             break
         hs = (ha * direction).to(x.dtype).unsqueeze(-1)
         ks = [ka]
@@ -208,6 +210,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
         scale = atol + rtol * torch.maximum(xa.abs(), x_new.abs())
         err = _rms((x_new - x_low) / scale).to(torch.float64)
         finite = torch.isfinite(x_new).all(-1) & torch.isfinite(err)
+        nonfinite_last[idx] = ~finite
         err = torch.where(finite, err, torch.full_like(err, float("inf")))
         if shared_step:
             err = err.max().expand_as(err)
