@@ -59,3 +59,13 @@ def check_time_range(name: str, t: torch.Tensor | float, t_min: float, t_max: fl
             raise ValueError(f"{name} must be finite, got {t!r}")
     if lo < t_min - lo_slack or hi > t_max + hi_slack:
         raise ValueError(f"{name} must lie in [{t_min!r}, {t_max!r}], got values in [{lo!r}, {hi!r}]")
+
+
+def check_int(name: str, value: Any, minimum: int = 0) -> int:
+    """An integer-valued number >= ``minimum`` (so 3 and 3.0 pass; nan, inf, 2.5, "3" do not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__index__"):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    as_float = float(value)
+    if not math.isfinite(as_float) or as_float != int(as_float) or as_float < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(as_float)

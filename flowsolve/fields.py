@@ -331,7 +331,7 @@ class MixtureField(ExactField):
     def _mixture_posterior(self, xhat, sig, params):
         means, lam, vecs, logw = params
         diff = xhat.unsqueeze(-2) - means  # (..., K, N)
-        z = diff if vecs is None else torch.einsum("...kn,knm->...km", diff, vecs)
+        z = diff if vecs is None else _rotate(diff, vecs)
         sig2 = (sig**2).unsqueeze(-1)  # (..., 1, 1)
         if self.is_poisson:
             v, log_node = self._scale_mixture_nodes(z, lam, sig2)  # (..., K, J)
@@ -346,8 +346,8 @@ class MixtureField(ExactField):
         shrink = (rho.unsqueeze(-1) * (lam.unsqueeze(-2) / lv)).sum(-2) * z  # (..., K, N)
         inv = (rho.unsqueeze(-1) / lv).sum(-2) * z
         if vecs is not None:
-            shrink = torch.einsum("...km,knm->...kn", shrink, vecs)
-            inv = torch.einsum("...km,knm->...kn", inv, vecs)
+            shrink = _rotate(shrink, vecs.transpose(-1, -2))
+            inv = _rotate(inv, vecs.transpose(-1, -2))
         den = (rho.sum(-1).unsqueeze(-1) * means).sum(-2) + shrink.sum(-2)
         return den, -inv.sum(-2), log_p
 
@@ -411,6 +411,13 @@ class MixtureField(ExactField):
         log_quad = torch.where(use_merged, log_merged, log_split)
         log_prior = log_gamma_density_norm(half_D) + half_D * (nodes - torch.expm1(nodes))
         return sig2 * torch.exp(-nodes), log_prior + log_quad
+
+
+def _rotate(v: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
+    """``out[..., k, m] = sum_n v[..., k, n] vecs[k, n, m]`` as a broadcast product and sum:
+    unlike a batched matmul, its rounding does not depend on the batch size, so sample i's
+    result is bit-identical whatever the batch it is in."""
+    return (v.unsqueeze(-1) * vecs).sum(-2)
 
 
 def exact_field(process, data) -> ExactField:

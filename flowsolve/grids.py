@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._validation import check_time_range
+from ._validation import check_int, check_time_range
 from .processes.sde import require_canonical
 
 
@@ -87,7 +87,7 @@ def make_grid(process, grid: str = "karras", steps: int | None = None, ts=None, 
         if not (bool((d < 0).all()) or bool((d > 0).all())):
             raise ValueError("ts must be strictly monotone")
         return t
-    if steps is None or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if steps is None:
+        raise ValueError(f"grid {grid!r} needs steps (an integer >= 1)")
     fn, _ = _GRIDS[grid]
-    return fn(process, int(steps) + 1, **options)
+    return fn(process, check_int("steps", steps, 1) + 1, **options)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .._validation import check_dim, check_order, check_same_device, check_time_range
+from .._validation import check_dim, check_int, check_order, check_same_device, check_time_range
 
 _BISECTION_STEPS = 200
 
@@ -162,10 +162,7 @@ class Process:
         ``s(t_max) sigma(t_max) n``. (For VE/EDM this is N(0, sigma_max^2 I); for VP and sub-VP
         it is N(0, (1 - alpha^2) I) resp. N(0, (1 - alpha^2)^2 I), within 1e-4 of N(0, I);
         for PFGM++ the Beta-prime radius law at r_max.)"""
-        if int(n) != n or n < 0:
-            raise ValueError(f"n must be an integer >= 0, got {n!r}")
-        if int(dim) != dim or dim < 1:
-            raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+        n, dim = check_int("n", n, 0), check_int("dim", dim, 1)
         noise = self.kernel.sample((int(n), int(dim)), generator=generator, dtype=dtype, device=device)
         return self.prior_std * noise
 

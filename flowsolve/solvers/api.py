@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validation import check_int
 from ..flows import _as_field, probability_flow, reverse_sde
 from ..grids import make_grid
 from ..processes.diffusions import Diffusion
@@ -14,9 +15,9 @@ from .base import NoiseSource, Solution, get_solver
 PRIOR_STREAM, SOLVER_STREAM = 0, 1
 
 
-def _check_state(x):
+def _check_state(x, name="x"):
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor of shape (n, dim), got "
+        raise ValueError(f"{name} must be a floating-point tensor of shape (n, dim), got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
 
 
@@ -89,9 +90,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     require_canonical(process, "sample")
     info = get_solver(solver)
     field = _as_field(process, field)
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    n = int(n)
+    n = check_int("n", n, 1)
+    if x_init is not None:
+        _check_state(x_init, "x_init")
     dim = field.dim if x_init is None else x_init.shape[-1]
     if dim is None:
         raise ValueError("the field does not know the data dimension: pass x_init")
@@ -100,13 +101,18 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
         if steps is not None or nfe is not None:
             raise ValueError(f"solver {solver!r} is adaptive: give rtol/atol (and max_steps), not steps or nfe")
         times = (process.t_max, process.t_min)
+    elif grid == "explicit":
+        if steps is not None or nfe is not None:
+            raise ValueError("grid='explicit' takes its steps from ts=; do not pass steps or nfe")
+        times = make_grid(process, grid, ts=ts)
+        if not bool((times[1:] < times[:-1]).all()):
+            raise ValueError("ts must decrease: sample runs from the prior (t_max) to the data (t_min)")
     else:
-        if (steps is None) == (nfe is None) and grid != "explicit":
+        if (steps is None) == (nfe is None):
             raise ValueError("give exactly one of steps or nfe")
         if nfe is not None:
-            if int(nfe) != nfe or nfe < 1:
-                raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
-            steps = (int(nfe) - extra) // info.nfe_per_step
+            nfe = check_int("nfe", nfe, 1)
+            steps = (nfe - extra) // info.nfe_per_step
             if steps < 1:
                 raise ValueError(f"nfe={nfe} is below one step of {solver!r} ({info.nfe_per_step} NFE per step"
                                  f"{' + 1 for the final denoising' if extra else ''})")
@@ -115,7 +121,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
         prior = NoiseSource(seed, n, dim, dtype=dtype, device=device, offset=offset, stream=PRIOR_STREAM)
         x_init = process.prior_std * prior.kernel_noise(process.kernel)
     else:
-        _check_state(x_init)
+        if field.dim is not None and x_init.shape[1] != field.dim:
+            raise ValueError(f"x_init must have last dimension {field.dim} (the data dimension), "
+                             f"got shape {tuple(x_init.shape)}")
         if x_init.shape[0] != n:
             raise ValueError(f"x_init must hold n={n} points, got {x_init.shape[0]}")
         x_init = x_init.to(dtype=dtype, device=device if device is not None else x_init.device)

@@ -14,6 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._validation import check_int
+
 SUCCESS, MAX_STEPS, NONFINITE, UNDERFLOW = "success", "max_steps", "nonfinite", "underflow"
 
 
@@ -78,8 +80,7 @@ def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per
         raise ValueError(f"a solver named {name!r} is already registered (pass overwrite=True to replace it)")
     if kind not in ("ode", "sde"):
         raise ValueError(f"kind must be 'ode' or 'sde', got {kind!r}")
-    if int(nfe_per_step) != nfe_per_step or nfe_per_step < 1:
-        raise ValueError(f"nfe_per_step must be an integer >= 1, got {nfe_per_step!r}")
+    nfe_per_step = check_int("nfe_per_step", nfe_per_step, 1)
     info = SolverInfo(name, fn, kind, float(order), int(nfe_per_step), bool(adaptive), bool(process_aware), description)
     _REGISTRY[name] = info
     return info
@@ -109,10 +110,7 @@ class NoiseSource:
 
     def __init__(self, seed: int, n: int, dim: int, dtype=torch.float32, device=None, offset: int = 0,
                  stream: int = 0):
-        if int(seed) != seed or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        if int(offset) != offset or offset < 0:
-            raise ValueError(f"offset must be an integer >= 0, got {offset!r}")
+        seed, offset = check_int("seed", seed, 0), check_int("offset", offset, 0)
         self.n, self.dim, self.dtype, self.device = int(n), int(dim), dtype, device
         idx = np.arange(int(offset), int(offset) + self.n)
         blocks = idx // self.BLOCK

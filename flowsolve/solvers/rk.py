@@ -13,6 +13,7 @@ from fractions import Fraction as F
 
 import torch
 
+from .._validation import check_int
 from .base import (MAX_STEPS, NONFINITE, SUCCESS, UNDERFLOW, CountingFlow, Solution, as_time,
                    register_solver)
 
@@ -257,8 +258,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
 def _check_tolerances(rtol, atol, max_steps):
     if not (rtol > 0 and atol >= 0):
         raise ValueError(f"rtol must be > 0 and atol >= 0, got rtol={rtol!r}, atol={atol!r}")
-    if int(max_steps) != max_steps or max_steps < 1:
-        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    check_int("max_steps", max_steps, 1)
 
 
 def _adaptive_save_times(save_at, t0, t1):

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .._validation import check_dim
+from .._validation import check_dim, check_int
 
 _WEIGHT_TOL = 1e-6
 
@@ -45,9 +45,7 @@ def _categorical(weights: torch.Tensor, n: int, generator) -> torch.Tensor:
 
 
 def _check_n(n) -> int:
-    if int(n) != n or n < 0:
-        raise ValueError(f"n must be an integer >= 0, got {n!r}")
-    return int(n)
+    return check_int("n", n, 0)
 
 
 class GaussianMixture:

@@ -7,14 +7,12 @@ import math
 
 import torch
 
-from .._validation import check_positive
+from .._validation import check_int, check_positive
 from .distributions import Gaussian, GaussianMixture
 
 
 def _check_count(name, value, minimum=1) -> int:
-    if int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(name, value, minimum)
 
 
 def ring(n_modes: int = 8, radius: float = 4.0, std: float = 0.05) -> GaussianMixture:

@@ -1,0 +1,196 @@
+"""Time grids (``fs.make_grid``, ``fs.available_grids``) against formulas written here.
+
+Each named grid is defined in sigma (or t) by its paper; the map back to t is checked with
+inverse schedules derived here from the DESIGN table (VE: ``t = ln(sigma/smin)/ln(smax/smin)``;
+VP: ``sigma^2 = e^{2L} - 1``; sub-VP: ``sigma = 2 sinh L``, with ``L = a t^2 + b t``,
+``a = (bmax - bmin)/4``, ``b = bmin/2``; EDM/PFGM++: ``t = sigma``), not with flowsolve's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import flowsolve as fs
+
+F64 = torch.float64
+NAMED = ["uniform", "log_sigma", "logsnr", "karras", "quadratic"]
+
+
+# -- independent schedules (default parameters) -----------------------------------------
+def _L(t, bmin=0.1, bmax=20.0):
+    return (bmax - bmin) / 4.0 * t * t + bmin / 2.0 * t
+
+
+def _t_of_L(L, bmin=0.1, bmax=20.0):
+    a, b = (bmax - bmin) / 4.0, bmin / 2.0
+    return 2.0 * L / (b + np.sqrt(b * b + 4.0 * a * L))
+
+
+SIGMA = {  # sigma(t), numpy float64
+    "VE": lambda t: 0.01 * (50.0 / 0.01) ** t,
+    "VP": lambda t: np.sqrt(np.expm1(2.0 * _L(t))),
+    "SubVP": lambda t: 2.0 * np.sinh(_L(t)),
+    "EDM": lambda t: t,
+    "PFGMPP": lambda t: t,
+    "Poisson": lambda t: t,
+}
+T_OF_SIGMA = {
+    "VE": lambda s: np.log(s / 0.01) / np.log(50.0 / 0.01),
+    "VP": lambda s: _t_of_L(0.5 * np.log1p(s * s)),
+    "SubVP": lambda s: _t_of_L(np.arcsinh(0.5 * s)),
+    "EDM": lambda s: s,
+    "PFGMPP": lambda s: s,
+    "Poisson": lambda s: s,
+}
+SPAN = {"VE": (0.0, 1.0), "VP": (1e-3, 1.0), "SubVP": (1e-3, 1.0), "EDM": (0.002, 80.0),
+        "PFGMPP": (0.002, 80.0), "Poisson": (0.002, 80.0)}
+
+
+def make(name):
+    return {"VE": fs.VE, "VP": fs.VP, "SubVP": fs.SubVP, "EDM": fs.EDM, "PFGMPP": lambda: fs.PFGMPP(D=16.0),
+            "Poisson": fs.Poisson}[name]()
+
+
+PROCS = list(SIGMA)
+
+
+def custom_processes():
+    return {
+        "Diffusion": fs.Diffusion(scale=lambda t: torch.exp(-t), sigma=lambda t: 0.1 + t**2, t_min=0.0, t_max=2.0),
+        "LinearSDE": fs.LinearSDE(f=lambda t: -0.5 * t, g=lambda t: 1.0 + 0.0 * t, t_min=0.05, t_max=1.0),
+    }
+
+
+# =========================================================================================
+
+def test_available_grids_names():
+    grids = fs.available_grids()
+    assert set(grids) == {"uniform", "log_sigma", "logsnr", "karras", "quadratic", "explicit"}
+    assert all(isinstance(v, str) and v for v in grids.values())
+
+
+def test_spans_used_here_match_the_processes():
+    for name in PROCS:
+        p = make(name)
+        assert (p.t_min, p.t_max) == SPAN[name]
+        assert math.isclose(p.sigma_max, float(SIGMA[name](p.t_max)), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 50])
+@pytest.mark.parametrize("grid", NAMED)
+@pytest.mark.parametrize("name", PROCS + ["Diffusion", "LinearSDE"])
+def test_grid_shape_ends_monotone_inside(name, grid, steps):
+    proc = custom_processes()[name] if name in ("Diffusion", "LinearSDE") else make(name)
+    t = fs.make_grid(proc, grid, steps)
+    assert isinstance(t, torch.Tensor) and t.dtype == F64 and t.shape == (steps + 1,)
+    assert float(t[0]) == proc.t_max and float(t[-1]) == proc.t_min  # exactly, not round-tripped
+    assert bool((t[1:] < t[:-1]).all()), t
+    assert bool(((t >= proc.t_min) & (t <= proc.t_max)).all())
+
+
+@pytest.mark.parametrize("rho", [7.0, 3.0, 1.0])
+@pytest.mark.parametrize("name", PROCS)
+def test_karras_grid_equals_edm_formula(name, rho):
+    proc, n = make(name), 12
+    smin, smax = float(SIGMA[name](SPAN[name][0])), float(SIGMA[name](SPAN[name][1]))
+    i = np.arange(n)
+    sig = (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    want = T_OF_SIGMA[name](sig)
+    got = fs.make_grid(proc, "karras", n - 1, rho=rho).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+    # and in sigma
+    np.testing.assert_allclose(SIGMA[name](got), sig, rtol=1e-10)
+
+
+def test_karras_default_rho_is_7():
+    proc = fs.EDM()
+    assert torch.equal(fs.make_grid(proc, "karras", 9), fs.make_grid(proc, "karras", 9, rho=7.0))
+    assert not torch.equal(fs.make_grid(proc, "karras", 9), fs.make_grid(proc, "karras", 9, rho=3.0))
+
+
+@pytest.mark.parametrize("name", PROCS)
+def test_log_sigma_grid_uniform_in_log_sigma(name):
+    proc, steps = make(name), 16
+    t = fs.make_grid(proc, "log_sigma", steps).numpy()
+    logs = np.log(SIGMA[name](t))
+    want = np.linspace(math.log(SIGMA[name](SPAN[name][1])), math.log(SIGMA[name](SPAN[name][0])), steps + 1)
+    np.testing.assert_allclose(logs, want, rtol=0, atol=1e-10)
+    # logSNR of x_t = s (y + sigma n) is -2 log sigma, so the logsnr grid is the same grid
+    assert torch.equal(fs.make_grid(proc, "logsnr", steps), fs.make_grid(proc, "log_sigma", steps))
+
+
+@pytest.mark.parametrize("name", PROCS)
+def test_uniform_and_quadratic_grids(name):
+    proc, steps = make(name), 10
+    lo, hi = SPAN[name]
+    frac = 1.0 - np.arange(steps + 1) / steps
+    np.testing.assert_allclose(fs.make_grid(proc, "uniform", steps).numpy(), lo + (hi - lo) * frac, rtol=1e-14,
+                               atol=1e-15)
+    np.testing.assert_allclose(fs.make_grid(proc, "quadratic", steps).numpy(), lo + (hi - lo) * frac**2,
+                               rtol=1e-14, atol=1e-15)
+
+
+def test_custom_process_karras_through_bisection():
+    """A composed process has no closed-form inverse: t_of_sigma by bisection must still put
+    the grid's sigmas on the formula."""
+    proc = custom_processes()["Diffusion"]  # sigma = 0.1 + t^2 on [0, 2]
+    n, rho = 9, 7.0
+    smin, smax = 0.1, 4.1
+    i = np.arange(n)
+    sig = (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    t = fs.make_grid(proc, "karras", n - 1).numpy()
+    np.testing.assert_allclose(t[1:-1], np.sqrt(sig[1:-1] - 0.1), rtol=1e-9)
+
+
+# -- explicit grids and validation ------------------------------------------------------------
+
+def test_explicit_grid_is_returned_as_given():
+    proc = fs.VP()
+    ts = [1.0, 0.5, 0.25, 0.001]
+    t = fs.make_grid(proc, "explicit", ts=ts)
+    assert t.dtype == F64 and t.tolist() == ts
+    t = fs.make_grid(proc, "explicit", ts=torch.tensor(ts, dtype=torch.float32))
+    assert t.dtype == F64 and torch.equal(t, torch.tensor(ts, dtype=torch.float32).double())
+    up = fs.make_grid(proc, "explicit", ts=ts[::-1])  # increasing is monotone too
+    assert up.tolist() == ts[::-1]
+
+
+@pytest.mark.parametrize("ts, match", [
+    (None, "ts"),
+    ([0.5], "at least 2"),
+    ([], "at least 2"),
+    ([1.0, 0.5, 0.7, 0.1], "monotone"),
+    ([1.0, 0.5, 0.5, 0.1], "monotone"),
+    ([1.5, 0.5, 0.1], "ts"),
+    ([1.0, 0.5, 0.0], "ts"),  # below VP's t_min = 1e-3
+    ([1.0, float("nan"), 0.1], "ts"),
+])
+def test_explicit_grid_validation(ts, match):
+    with pytest.raises(ValueError, match=match):
+        fs.make_grid(fs.VP(), "explicit", ts=ts)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, None, "3", float("nan"), float("inf")])
+def test_steps_validation(steps):
+    with pytest.raises(ValueError, match="steps"):
+        fs.make_grid(fs.EDM(), "karras", steps)
+    fs.make_grid(fs.EDM(), "karras", 1)  # nearest valid
+
+
+def test_unknown_grid_and_bad_rho():
+    with pytest.raises(ValueError, match="grid must be one of"):
+        fs.make_grid(fs.EDM(), "cosine", 10)
+    for rho in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="rho"):
+            fs.make_grid(fs.EDM(), "karras", 10, rho=rho)
+
+
+def test_sigma_grids_need_a_canonical_process():
+    sde = fs.SDE(drift=lambda x, t: -x, diffusion=lambda t: 1.0 + 0.0 * t, t_min=0.0, t_max=1.0)
+    for grid in ("log_sigma", "logsnr", "karras"):
+        with pytest.raises(ValueError, match="canonical"):
+            fs.make_grid(sde, grid, 4)

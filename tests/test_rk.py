@@ -1,0 +1,630 @@
+"""Runge-Kutta solvers (fixed-step and adaptive) through ``fs.solve``, checked against exact
+solutions derived here, not taken from flowsolve.
+
+Exact probability-flow map for Gaussian data ``N(mu, Q diag(lam) Q^T)`` under a Gaussian
+kernel: the marginal of ``xhat = x/s`` at noise level sigma is ``N(mu, Q diag(lam + sigma^2) Q^T)``
+and the PF-ODE ``dxhat/dsigma = (xhat - D)/sigma`` with ``D = mu + Q diag(lam/(lam+sigma^2)) Q^T
+(xhat - mu)`` reads, per eigen-coordinate ``z``, ``dz/dsigma = sigma z/(lam + sigma^2)``, so
+``z(sigma) = z(sigma0) sqrt((lam + sigma^2)/(lam + sigma0^2))``. The schedules ``s(t)``, ``sigma(t)``
+are written below from the DESIGN table with each process's default parameters.
+
+Superconvergence noted (not a bug): for ``z' = f(sigma) z`` with ``f = sigma/(lam + sigma^2)``
+one explicit-midpoint step is ``z (1 + h f(s + h/2) (1 + h f(s)/2))`` and its Taylor series
+agrees with the exact ``sqrt((lam + (s+h)^2)/(lam + s^2))`` through ``h^3`` (the principal
+error ``f''/24 + f^3/6 + f f'/4`` vanishes identically), so on EDM, where ``t = sigma``, the
+midpoint rule is 3rd order on Gaussian data. On VE/VP time is not sigma and it is 2nd order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import flowsolve as fs
+from flowsolve.solvers import base as solver_base
+from flowsolve.solvers import rk_fixed
+
+F64 = torch.float64
+NAN = float("nan")
+
+MEAN = np.array([1.0, -0.5, 0.3])
+COV = np.array([[1.0, 0.3, 0.1], [0.3, 0.5, 0.0], [0.1, 0.0, 0.2]])
+LAM, Q = np.linalg.eigh(COV)
+DATA = fs.toy.Gaussian(torch.tensor(MEAN), torch.tensor(COV))
+
+FIXED = {"euler": 1, "midpoint": 2, "heun": 2, "ralston": 2, "rk4": 4}
+STAGES = {"euler": 1, "midpoint": 2, "heun": 2, "ralston": 2, "rk4": 4}
+NODES = {"euler": (0.0,), "midpoint": (0.0, 0.5), "heun": (0.0, 1.0), "ralston": (0.0, 2 / 3),
+         "rk4": (0.0, 0.5, 0.5, 1.0)}  # textbook c vectors
+ADAPTIVE = ["bosh3", "dopri5"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These solves are thousands of tiny tensor ops; with 2 intra-op threads on a loaded
+    2-core machine each op pays a thread barrier (measured 7x slower). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- schedules from the DESIGN table (default parameters of each process) --------------
+def _ve(t, smin=0.01, smax=50.0):
+    return 1.0, smin * (smax / smin) ** t
+
+
+def _vp(t, bmin=0.1, bmax=20.0):
+    alpha = math.exp(-t * t * (bmax - bmin) / 4.0 - t * bmin / 2.0)
+    return alpha, math.sqrt(1.0 - alpha**2) / alpha
+
+
+def _edm(t):
+    return 1.0, t
+
+
+SCHED = {"VE": _ve, "VP": _vp, "EDM": _edm}
+PROCS = {"VE": fs.VE, "VP": fs.VP, "EDM": fs.EDM}
+
+
+def exact_map(name, x0, t0, t1):
+    """State at t1 of the PF-ODE trajectory through x0 at t0 (rows of x0 independent)."""
+    (s0, g0), (s1, g1) = SCHED[name](float(t0)), SCHED[name](float(t1))
+    x0 = x0.detach().cpu().numpy().astype(np.float64)
+    z = (x0 / s0 - MEAN) @ Q
+    z = z * np.sqrt((LAM + g1**2) / (LAM + g0**2))
+    return torch.as_tensor(s1 * (MEAN + z @ Q.T))
+
+
+def exact_map_per_sample(name, x0, t0, t1s):
+    return torch.stack([exact_map(name, x0[i:i + 1], t0, float(t))[0] for i, t in enumerate(t1s)])
+
+
+def setup(name, n=8, seed=0):
+    proc = PROCS[name]()
+    flow = fs.probability_flow(proc, fs.exact_field(proc, DATA))
+    g = torch.Generator().manual_seed(seed)
+    x0 = proc.prior_std * torch.randn(n, 3, generator=g, dtype=F64)
+    return proc, flow, x0
+
+
+def max_err(a, b):
+    return float((a - b).abs().max())
+
+
+def measured_order(err_n, err_2n):
+    return math.log2(err_n / err_2n)
+
+
+# -- a user's own ODEs -------------------------------------------------------------------
+def _t_col(t, x):
+    """t as a column broadcastable against x (float, or per-sample tensor of shape (n,))."""
+    if isinstance(t, torch.Tensor):
+        assert t.dtype == F64 and t.shape == (x.shape[0],), (t.dtype, t.shape)
+        return t.to(x.dtype).unsqueeze(-1)
+    assert isinstance(t, float)
+    return t
+
+
+class Gauss:
+    """dx/dt = -2 t x on [0, 2]; x(t1) = x(t0) exp(-(t1^2 - t0^2)). Time-dependent, so a
+    solver passing the wrong stage time fails."""
+
+    t_min, t_max = 0.0, 2.0
+
+    def drift(self, x, t):
+        return -2.0 * _t_col(t, x) * x
+
+    @staticmethod
+    def exact(x0, t0, t1):
+        return x0 * math.exp(-(t1**2 - t0**2))
+
+
+class StiffDecay:
+    """State (x, k): dx/dt = -k x, dk/dt = 0, so each row carries its own stiffness."""
+
+    t_min, t_max = 0.0, 1.0
+
+    def drift(self, x, t):
+        return torch.stack([-x[:, 1] * x[:, 0], torch.zeros_like(x[:, 1])], dim=-1)
+
+
+class Spy:
+    """Wraps a flow: records every time asked for; NaN for rows whose time is outside
+    [lo, hi] (so an evaluation outside the span poisons the solve)."""
+
+    def __init__(self, flow, lo=None, hi=None):
+        self.flow = flow
+        self.t_min, self.t_max = flow.t_min, flow.t_max
+        self.lo = flow.t_min if lo is None else lo
+        self.hi = flow.t_max if hi is None else hi
+        self.times = []
+
+    def drift(self, x, t):
+        tt = torch.as_tensor(t, dtype=F64).reshape(-1).expand(x.shape[0]).clone()
+        self.times.append(tt)
+        inside = (tt >= self.lo) & (tt <= self.hi)
+        out = torch.full_like(x, NAN)
+        if bool(inside.any()):
+            tin = t[inside] if isinstance(t, torch.Tensor) else t
+            out[inside] = self.flow.drift(x[inside], tin)
+        return out
+
+    def all_times(self):
+        return torch.cat(self.times)
+
+
+class NaNBelow:
+    """Wraps a flow: NaN wherever t < threshold."""
+
+    def __init__(self, flow, threshold):
+        self.flow, self.threshold = flow, threshold
+        self.t_min, self.t_max = flow.t_min, flow.t_max
+
+    def drift(self, x, t):
+        out = self.flow.drift(x, t)
+        tt = torch.as_tensor(t, dtype=F64).reshape(-1).expand(x.shape[0])
+        return torch.where((tt < self.threshold).unsqueeze(-1), torch.full_like(out, NAN), out)
+
+
+# =========================================================================================
+# Convergence order of the fixed-step solvers
+# =========================================================================================
+
+def expected_order(proc_name, solver):
+    if proc_name == "EDM" and solver == "midpoint":
+        return 3  # principal error term vanishes for this problem, see module docstring
+    return FIXED[solver]
+
+
+@pytest.mark.parametrize("solver", list(FIXED))
+@pytest.mark.parametrize("proc_name", ["VE", "VP", "EDM"])
+def test_fixed_step_order_on_exact_gaussian_flow(proc_name, solver):
+    proc, flow, x0 = setup(proc_name)
+    errs = []
+    for n in (64, 128):
+        ts = fs.make_grid(proc, "log_sigma", n)
+        sol = fs.solve(flow, x0, ts, solver)
+        assert sol.success
+        errs.append(max_err(sol.x, exact_map(proc_name, x0, ts[0], ts[-1])))
+    order = measured_order(*errs)
+    assert abs(order - expected_order(proc_name, solver)) <= 0.3, (errs, order)
+
+
+def test_midpoint_superconvergence_is_a_property_of_the_problem():
+    """The order-3 exception above is the problem's, not the solver's: on the same EDM flow
+    with non-Gaussian (mixture) data the midpoint rule is 2nd order. Reference: rk4, 8x finer."""
+    proc = fs.EDM(sigma_min=0.5, sigma_max=10.0)
+    data = fs.toy.GaussianMixture([[1.0, 0.0], [-1.0, 0.5]], [0.4, 0.7])
+    flow = fs.probability_flow(proc, fs.exact_field(proc, data))
+    x0 = proc.prior_std * torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    ref = fs.solve(flow, x0, fs.make_grid(proc, "log_sigma", 256), "rk4").x
+    errs = [max_err(fs.solve(flow, x0, fs.make_grid(proc, "log_sigma", n), "midpoint").x, ref) for n in (32, 64)]
+    assert abs(measured_order(*errs) - 2) <= 0.3, errs
+
+
+# PFGM++: no closed form for Gaussian data, so the reference is dopri5 at rtol = atol = 1e-9
+# (a different code path from the fixed-step loop; its error, ~1e-9, is < 0.1 % of the
+# smallest error measured). D = 1 (Cauchy kernel), where the PF-ODE is furthest from the
+# Gaussian one: for large D the midpoint rule inherits EDM's near-cancellation of its
+# principal error and its order is only visible at very fine grids. The exact PFGM++ field
+# costs ~6 ms per call (scale-mixture quadrature), so this is sized to ~700 calls.
+PFGM_CASES = {"euler": (8, 16), "heun": (16, 32), "ralston": (8, 16), "rk4": (8, 16), "midpoint": (32, 64)}
+
+
+@pytest.fixture(scope="module")
+def pfgm_problem():
+    proc = fs.PFGMPP(D=1.0, sigma_min=0.2, sigma_max=20.0)
+    flow = fs.probability_flow(proc, fs.exact_field(proc, fs.toy.Gaussian(torch.tensor([0.5]), torch.tensor([0.3]))))
+    x0 = proc.prior_sample(2, 1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    ref = fs.solve(flow, x0, (proc.t_max, proc.t_min), "dopri5", rtol=1e-9, atol=1e-9)
+    assert ref.success
+    return proc, flow, x0, ref.x
+
+
+@pytest.mark.parametrize("solver", list(PFGM_CASES))
+def test_fixed_step_order_on_pfgmpp(pfgm_problem, solver):
+    proc, flow, x0, ref = pfgm_problem
+    errs = [max_err(fs.solve(flow, x0, fs.make_grid(proc, "log_sigma", n), solver).x, ref)
+            for n in PFGM_CASES[solver]]
+    assert min(errs) > 1e-6, errs  # far above the reference's own error
+    assert abs(measured_order(*errs) - FIXED[solver]) <= 0.3, errs
+
+
+# =========================================================================================
+# A user's own ODE
+# =========================================================================================
+
+@pytest.mark.parametrize("direction", ["backward", "forward"])
+@pytest.mark.parametrize("solver", list(FIXED))
+def test_user_ode_fixed_step(solver, direction):
+    t0, t1 = (2.0, 0.25) if direction == "backward" else (0.25, 2.0)
+    x0 = torch.tensor([[1.0], [-0.5], [1e-2]], dtype=F64) * (1.0 if t0 > t1 else 50.0)
+    exact = Gauss.exact(x0, t0, t1)
+    errs = []
+    for n in (40, 80):
+        sol = fs.solve(Gauss(), x0, torch.linspace(t0, t1, n + 1, dtype=F64), solver)
+        assert sol.success and torch.equal(sol.t, torch.full((3,), t1, dtype=F64))
+        errs.append(max_err(sol.x, exact) / float(exact.abs().max()))
+    assert abs(measured_order(*errs) - FIXED[solver]) <= 0.3, errs
+
+
+@pytest.mark.parametrize("direction", ["backward", "forward"])
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_user_ode_adaptive(solver, direction):
+    t0, t1 = (2.0, 0.0) if direction == "backward" else (0.0, 2.0)
+    x0 = torch.tensor([[1.0], [-0.5], [3.0]], dtype=F64)
+    sol = fs.solve(Gauss(), x0, (t0, t1), solver, rtol=1e-8, atol=1e-10)
+    assert sol.success, sol
+    assert torch.equal(sol.t, torch.full((3,), t1, dtype=F64))
+    exact = Gauss.exact(x0, t0, t1)
+    assert torch.all((sol.x - exact).abs() <= 10 * (1e-10 + 1e-8 * exact.abs())), (sol.x, exact)
+
+
+# =========================================================================================
+# Adaptive solvers
+# =========================================================================================
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+@pytest.mark.parametrize("proc_name", ["VE", "VP", "EDM"])
+def test_adaptive_error_within_small_multiple_of_tolerance(proc_name, solver):
+    proc, flow, x0 = setup(proc_name, n=16)
+    exact = exact_map(proc_name, x0, proc.t_max, proc.t_min)
+    nfes = []
+    for tol in (1e-3, 1e-5, 1e-7):
+        sol = fs.solve(flow, x0, (proc.t_max, proc.t_min), solver, rtol=tol, atol=tol)
+        assert sol.success, sol
+        assert torch.equal(sol.t, torch.full((16,), proc.t_min, dtype=F64))
+        ratio = (sol.x - exact).abs() / (tol + tol * exact.abs())
+        assert float(ratio.max()) <= 10.0, (tol, float(ratio.max()))
+        assert torch.equal(sol.n_steps, sol.n_accepted + sol.n_rejected)
+        nfes.append(float(sol.nfe.double().mean()))
+    assert nfes[0] < nfes[1] < nfes[2], nfes
+
+
+@pytest.mark.parametrize("solver, new_per_step", [("bosh3", 3), ("dopri5", 6)])
+def test_adaptive_nfe_is_counted_per_sample(solver, new_per_step):
+    """Per-sample nfe of an FSAL pair (bosh3: 4 stages, dopri5: 7; the last stage of an
+    accepted step is the next first one): one call at t0, one probe for Hairer's starting
+    step, then stages - 1 new calls per attempted step, accepted or rejected."""
+    x0 = torch.tensor([[1.0, 0.1], [1.0, 10.0], [1.0, 200.0]], dtype=F64)
+    sol = fs.solve(StiffDecay(), x0, (0.0, 1.0), solver, rtol=1e-6, atol=1e-9)
+    assert sol.success and int(sol.n_rejected.sum()) > 0  # rejections happen and are counted
+    assert torch.equal(sol.nfe, 2 + new_per_step * sol.n_steps), (sol.nfe, sol.n_steps)
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_adaptive_per_sample_steps_vs_shared(solver):
+    k = torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=F64)
+    x0 = torch.stack([torch.ones(4, dtype=F64), k], dim=-1)
+    exact = torch.exp(-k)
+    own = fs.solve(StiffDecay(), x0, (0.0, 1.0), solver, rtol=1e-6, atol=1e-9)
+    shared = fs.solve(StiffDecay(), x0, (0.0, 1.0), solver, rtol=1e-6, atol=1e-9, shared_step=True)
+    for sol in (own, shared):
+        assert sol.success
+        assert torch.all((sol.x[:, 0] - exact).abs() <= 10 * (1e-9 + 1e-6 * exact)), sol.x
+        assert torch.equal(sol.x[:, 1], k)
+    # stiffer rows need more steps with their own step size; all equal when shared
+    assert torch.all(own.n_steps[1:] > own.n_steps[:-1]), own.n_steps
+    assert torch.all(shared.n_steps == shared.n_steps[0]), shared.n_steps
+    assert int(shared.n_steps[0]) >= int(own.n_steps.max())
+    assert float(shared.nfe.double().sum()) > float(own.nfe.double().sum())
+    # one step size per sample: each row's result is the one it gets when solved alone
+    for i in range(4):
+        alone = fs.solve(StiffDecay(), x0[i:i + 1], (0.0, 1.0), solver, rtol=1e-6, atol=1e-9)
+        assert torch.equal(alone.x[0], own.x[i]) and int(alone.n_steps[0]) == int(own.n_steps[i])
+
+
+@pytest.mark.parametrize("direction", ["backward", "forward"])
+@pytest.mark.parametrize("solver", ADAPTIVE)
+@pytest.mark.parametrize("proc_name", ["VP", "EDM"])
+def test_adaptive_never_evaluates_outside_the_span(proc_name, solver, direction):
+    proc, flow, x0 = setup(proc_name)
+    spy = Spy(flow)
+    t0, t1 = (proc.t_max, proc.t_min) if direction == "backward" else (proc.t_min, proc.t_max)
+    sol = fs.solve(spy, x0, (t0, t1), solver, rtol=1e-5, atol=1e-5)
+    times = spy.all_times()
+    assert bool(((times >= proc.t_min) & (times <= proc.t_max)).all()), (float(times.min()), float(times.max()))
+    assert sol.success, sol
+    exact = exact_map(proc_name, x0, t0, t1)
+    assert float(((sol.x - exact).abs() / (1e-5 + 1e-5 * exact.abs())).max()) <= 10.0
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_adaptive_never_evaluates_outside_a_sub_span(solver):
+    proc, flow, x0 = setup("VP")
+    t0, t1 = 0.6, 0.05
+    spy = Spy(flow, lo=t1, hi=t0)
+    sol = fs.solve(spy, x0, (t0, t1), solver, rtol=1e-6, atol=1e-6)
+    times = spy.all_times()
+    assert bool(((times >= t1) & (times <= t0)).all()), (float(times.min()), float(times.max()))
+    assert sol.success
+    exact = exact_map("VP", x0, t0, t1)
+    assert float(((sol.x - exact).abs() / (1e-6 + 1e-6 * exact.abs())).max()) <= 10.0
+
+
+class Slow:
+    """dx/dt = -eps x on [0, 1]: |x|/|drift| = 1/eps, so Hairer's first guess 0.01 |x|/|f|
+    (and its probe point t0 + h0) lands far outside the span unless capped."""
+
+    t_min, t_max = 0.0, 1.0
+    eps = 1e-7
+
+    def drift(self, x, t):
+        return -self.eps * x
+
+
+@pytest.mark.parametrize("direction", ["backward", "forward"])
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_adaptive_first_step_probe_stays_inside_the_span(solver, direction):
+    t0, t1 = (0.8, 0.3) if direction == "backward" else (0.3, 0.8)
+    spy = Spy(Slow(), lo=0.3, hi=0.8)
+    x0 = torch.tensor([[1.0], [-2.0]], dtype=F64)
+    sol = fs.solve(spy, x0, (t0, t1), solver, rtol=1e-6, atol=1e-9)
+    times = spy.all_times()
+    assert bool(((times >= 0.3) & (times <= 0.8)).all()), (float(times.min()), float(times.max()))
+    assert sol.success, sol
+    torch.testing.assert_close(sol.x, x0 * math.exp(-Slow.eps * (t1 - t0)), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_adaptive_max_steps_returns_partial_solution(solver):
+    proc, flow, x0 = setup("VP")
+    t0, t1 = proc.t_max, proc.t_min
+    sol = fs.solve(flow, x0, (t0, t1), solver, rtol=1e-6, atol=1e-6, max_steps=3)
+    assert sol.status == "max_steps" and not sol.success
+    assert "max_steps" in sol.message
+    assert bool(torch.isfinite(sol.x).all())
+    assert bool(((sol.t < t0) & (sol.t > t1)).all()), sol.t
+    assert torch.all(sol.n_steps <= 3)
+    # the partial state is the trajectory's state at the reported time, to tolerance
+    exact = exact_map_per_sample("VP", x0, t0, sol.t.tolist())
+    assert float(((sol.x - exact).abs() / (1e-6 + 1e-6 * exact.abs())).max()) <= 10.0
+
+
+def test_adaptive_max_steps_only_stops_the_unfinished_samples():
+    k = torch.tensor([0.1, 1000.0], dtype=F64)
+    x0 = torch.stack([torch.ones(2, dtype=F64), k], dim=-1)
+    full = fs.solve(StiffDecay(), x0, (0.0, 1.0), "bosh3", rtol=1e-6, atol=1e-9)
+    cap = int(full.n_steps[0])  # enough for the easy row only
+    assert cap < int(full.n_steps[1])
+    sol = fs.solve(StiffDecay(), x0, (0.0, 1.0), "bosh3", rtol=1e-6, atol=1e-9, max_steps=cap)
+    assert sol.status == "max_steps"
+    assert float(sol.t[0]) == 1.0 and 0.0 < float(sol.t[1]) < 1.0
+    assert torch.equal(sol.x[0], full.x[0])
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_adaptive_nan_field_everywhere_reports_time_and_step(solver):
+    proc, flow, x0 = setup("EDM")
+    bad = NaNBelow(flow, threshold=float("inf"))
+    try:
+        sol = fs.solve(bad, x0, (proc.t_max, proc.t_min), solver)
+    except (FloatingPointError, ValueError, RuntimeError) as err:
+        msg = str(err)
+    else:
+        assert sol.status in ("underflow", "nonfinite"), sol
+        msg = sol.message
+    assert "t=" in msg and "step" in msg, msg
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+def test_adaptive_nan_field_mid_run(solver):
+    """NaN for t < 1 on EDM (t from 80 to 0.002): the controller shrinks the step until
+    underflow; the solution stays at the last accepted, finite state, at t >= 1."""
+    proc, flow, x0 = setup("EDM")
+    bad = NaNBelow(flow, threshold=1.0)
+    sol = fs.solve(bad, x0, (proc.t_max, proc.t_min), solver, rtol=1e-5, atol=1e-5)
+    assert sol.status in ("underflow", "nonfinite"), sol
+    assert "t=" in sol.message and "step" in sol.message, sol.message
+    assert bool(torch.isfinite(sol.x).all())
+    assert bool((sol.t >= 1.0).all()) and bool((sol.t < proc.t_max).all()), sol.t
+    exact = exact_map_per_sample("EDM", x0, proc.t_max, sol.t.tolist())
+    assert float(((sol.x - exact).abs() / (1e-5 + 1e-5 * exact.abs())).max()) <= 10.0
+
+
+@pytest.mark.parametrize("solver", ADAPTIVE)
+@pytest.mark.parametrize("proc_name", ["VP", "EDM"])
+def test_adaptive_save_at_exact_times(proc_name, solver):
+    proc, flow, x0 = setup(proc_name)
+    t0, t1 = proc.t_max, proc.t_min
+    want = [t1, 0.5 * (t0 + t1), t0, 0.1 * t0 + 0.9 * t1, 0.37 * t0]  # unsorted, ends included
+    sol = fs.solve(flow, x0, (t0, t1), solver, rtol=1e-7, atol=1e-7, save_at=want)
+    assert sol.success
+    order = sorted(want, reverse=True)
+    assert sol.ts.tolist() == order  # exactly those times, in the direction of integration
+    assert sol.xs.shape == (len(want), *x0.shape)
+    for j, t in enumerate(order):
+        exact = exact_map(proc_name, x0, t0, t)
+        assert float(((sol.xs[j] - exact).abs() / (1e-7 + 1e-7 * exact.abs())).max()) <= 10.0, t
+    assert torch.equal(sol.xs[-1], sol.x)
+
+
+def test_adaptive_save_at_does_not_change_the_endpoint_much():
+    proc, flow, x0 = setup("VE")
+    a = fs.solve(flow, x0, (1.0, 0.0), "dopri5", rtol=1e-6, atol=1e-6)
+    b = fs.solve(flow, x0, (1.0, 0.0), "dopri5", rtol=1e-6, atol=1e-6, save_at=[0.3, 0.7])
+    exact = exact_map("VE", x0, 1.0, 0.0)
+    for sol in (a, b):
+        assert float(((sol.x - exact).abs() / (1e-6 + 1e-6 * exact.abs())).max()) <= 10.0
+
+
+def test_adaptive_save_at_outside_span_refused():
+    proc, flow, x0 = setup("EDM")
+    with pytest.raises(ValueError, match="save_at"):
+        fs.solve(flow, x0, (proc.t_max, 1.0), "dopri5", save_at=[0.5])
+
+
+# =========================================================================================
+# Fixed-step bookkeeping and faults
+# =========================================================================================
+
+@pytest.mark.parametrize("solver", list(FIXED))
+def test_fixed_step_counts(solver):
+    proc, flow, x0 = setup("VP", n=5)
+    steps = 7
+    sol = fs.solve(flow, x0, fs.make_grid(proc, "karras", steps), solver)
+    assert sol.success and sol.status == "success" and sol.message == ""
+    for name, want in (("nfe", steps * STAGES[solver]), ("n_steps", steps), ("n_accepted", steps),
+                       ("n_rejected", 0)):
+        v = getattr(sol, name)
+        assert v.dtype == torch.int64 and v.shape == (5,), name
+        assert torch.all(v == want), (name, v)
+    assert torch.equal(sol.t, torch.full((5,), proc.t_min, dtype=F64))
+
+
+def _counting(flow):
+    class Counting:
+        t_min, t_max = flow.t_min, flow.t_max
+        calls = 0
+
+        def drift(self, x, t):
+            Counting.calls += 1
+            return flow.drift(x, t)
+
+    return Counting()
+
+
+@pytest.mark.parametrize("solver", list(FIXED) + ADAPTIVE)
+def test_reported_nfe_matches_actual_calls(solver):
+    """The per-sample nfe equals the number of times the field was actually called (every
+    call here covers every active sample; for adaptive solvers sum over calls is checked)."""
+    proc, flow, x0 = setup("EDM", n=1)
+    f = _counting(flow)
+    ts = fs.make_grid(proc, "karras", 6) if solver in FIXED else (proc.t_max, proc.t_min)
+    sol = fs.solve(f, x0, ts, solver)
+    assert int(sol.nfe[0]) == type(f).calls
+
+
+@pytest.mark.parametrize("solver", list(FIXED))
+def test_fixed_step_nan_mid_run(solver):
+    ts = torch.linspace(2.0, 0.0, 9, dtype=F64)  # h = -0.25
+    threshold = 0.9
+    # first step one of whose stage times t_i + c h falls below the threshold
+    k = next(i for i in range(8) if any(float(ts[i]) - 0.25 * c < threshold for c in NODES[solver]))
+    x0 = torch.tensor([[1.0], [2.0]], dtype=F64)
+    bad = NaNBelow(Gauss(), threshold)
+    sol = fs.solve(bad, x0, ts, solver)
+    assert sol.status == "nonfinite" and not sol.success
+    assert f"step {k}" in sol.message, sol.message
+    assert "t=" in sol.message
+    clean = fs.solve(Gauss(), x0, ts[:k + 1], solver)  # the last finite state
+    assert torch.equal(sol.x, clean.x)
+    assert torch.equal(sol.t, torch.full((2,), float(ts[k]), dtype=F64))
+    assert torch.all(sol.n_steps == k)
+
+
+@pytest.mark.parametrize("solver", ["heun", "rk4"])
+def test_fixed_step_save_at(solver):
+    proc, flow, x0 = setup("EDM")
+    ts = fs.make_grid(proc, "karras", 40)
+    every = fs.solve(flow, x0, ts, solver, save_at=True)
+    assert torch.equal(every.ts, ts) and every.xs.shape == (41, *x0.shape)
+    assert torch.equal(every.xs[0], x0) and torch.equal(every.xs[-1], every.x)
+    some = fs.solve(flow, x0, ts, solver, save_at=[float(ts[10]), float(ts[25])])
+    assert torch.equal(some.xs, every.xs[[10, 25]])
+    for j in (10, 25, 40):
+        exact = exact_map("EDM", x0, ts[0], ts[j])
+        assert max_err(every.xs[j], exact) < 0.05 * float(exact.abs().max())
+    with pytest.raises(ValueError, match="save_at"):
+        fs.solve(flow, x0, ts, solver, save_at=[0.5 * float(ts[10] + ts[11])])
+
+
+def test_solve_does_not_modify_input():
+    proc, flow, x0 = setup("VE")
+    keep = x0.clone()
+    fs.solve(flow, x0, fs.make_grid(proc, "uniform", 4), "rk4")
+    fs.solve(flow, x0, (1.0, 0.0), "dopri5", max_steps=2)
+    assert torch.equal(x0, keep)
+
+
+# =========================================================================================
+# Registry and user tableaus
+# =========================================================================================
+
+KNOWN = {"euler": (1, 1, False), "midpoint": (2, 2, False), "heun": (2, 2, False), "ralston": (2, 2, False),
+         "rk4": (4, 4, False), "bosh3": (3, 3, True), "dopri5": (5, 6, True)}
+
+
+def test_available_solvers_lists_runge_kutta_info():
+    info = fs.available_solvers()
+    assert set(KNOWN) <= set(info)
+    for name, (order, nfe, adaptive) in KNOWN.items():
+        d = info[name]
+        assert {"kind", "order", "nfe_per_step", "adaptive", "process_aware"} <= set(d)
+        assert d["kind"] == "ode" and d["order"] == order and d["nfe_per_step"] == nfe
+        assert d["adaptive"] is adaptive and d["process_aware"] is False
+    for name, d in info.items():
+        assert d["kind"] in ("ode", "sde") and d["nfe_per_step"] >= 1 and d["order"] > 0, name
+
+
+KUTTA3 = dict(c=(0, 0.5, 1), a=((), (0.5,), (-1, 2)), b=(1 / 6, 2 / 3, 1 / 6))
+
+
+@pytest.fixture
+def kutta3():
+    name = "test_kutta3"
+    tab = fs.ButcherTableau(name, 3, **KUTTA3)
+    info = fs.register_solver(name, lambda flow, x, ts, **o: rk_fixed(tab, flow, x, ts, **o),
+                              kind="ode", order=3, nfe_per_step=3, description="Kutta's third-order method")
+    yield name, info
+    solver_base._REGISTRY.pop(name, None)
+
+
+def test_registered_tableau_works_through_solve_and_is_third_order(kutta3):
+    name, _ = kutta3
+    info = fs.available_solvers()[name]
+    assert info["order"] == 3 and info["nfe_per_step"] == 3 and info["adaptive"] is False
+    proc, flow, x0 = setup("VP")
+    errs = []
+    for n in (64, 128):
+        ts = fs.make_grid(proc, "log_sigma", n)
+        sol = fs.solve(flow, x0, ts, name)
+        assert torch.all(sol.nfe == 3 * n)
+        errs.append(max_err(sol.x, exact_map("VP", x0, ts[0], ts[-1])))
+    assert abs(measured_order(*errs) - 3) <= 0.3, errs
+    # also a user ODE, forwards
+    x = torch.tensor([[1.0]], dtype=F64)
+    e = [max_err(fs.solve(Gauss(), x, torch.linspace(0.0, 1.5, n + 1, dtype=F64), name).x,
+                 Gauss.exact(x, 0.0, 1.5)) for n in (40, 80)]
+    assert abs(measured_order(*e) - 3) <= 0.3, e
+
+
+def test_registered_solver_samples(kutta3):
+    name, _ = kutta3
+    proc = fs.VP()
+    sol = fs.sample(proc, fs.exact_field(proc, DATA), 4, name, nfe=10)
+    assert sol.success and torch.all(sol.nfe == 9)  # 3 steps of 3 stages fit in 10
+
+
+def test_duplicate_solver_name_refused(kutta3):
+    name, info = kutta3
+    with pytest.raises(ValueError, match="already registered"):
+        fs.register_solver(name, info.fn, kind="ode", order=3, nfe_per_step=3)
+    with pytest.raises(ValueError, match="already registered"):
+        fs.register_solver("rk4", info.fn, kind="ode", order=3, nfe_per_step=3)
+    assert fs.available_solvers()["rk4"]["order"] == 4  # untouched
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kind="pde", order=1, nfe_per_step=1), "kind"),
+    (dict(kind="ode", order=1, nfe_per_step=0), "nfe_per_step"),
+    (dict(kind="ode", order=1, nfe_per_step=1.5), "nfe_per_step"),
+])
+def test_register_solver_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fs.register_solver("test_never_registered", lambda *a, **k: None, **kwargs)
+    assert "test_never_registered" not in fs.available_solvers()
+
+
+def test_bad_tableaus_refused():
+    with pytest.raises(ValueError, match="sum to 1"):
+        fs.ButcherTableau("bad_b", 3, c=(0, 0.5, 1), a=((), (0.5,), (-1, 2)), b=(1 / 6, 2 / 3, 1 / 3))
+    with pytest.raises(ValueError, match="row"):
+        fs.ButcherTableau("bad_c", 3, c=(0, 0.5, 1), a=((), (0.4,), (-1, 2)), b=(1 / 6, 2 / 3, 1 / 6))
+    with pytest.raises(ValueError, match="lower-triangular"):
+        fs.ButcherTableau("bad_a", 3, c=(0, 0.5, 1), a=((), (0.5,), (-1, 1, 1)), b=(1 / 6, 2 / 3, 1 / 6))
+    fs.ButcherTableau("good", 3, **KUTTA3)  # the nearest valid one is accepted
