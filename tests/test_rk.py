@@ -628,3 +628,33 @@ def test_bad_tableaus_refused():
     with pytest.raises(ValueError, match="lower-triangular"):
         fs.ButcherTableau("bad_a", 3, c=(0, 0.5, 1), a=((), (0.5,), (-1, 1, 1)), b=(1 / 6, 2 / 3, 1 / 6))
     fs.ButcherTableau("good", 3, **KUTTA3)  # the nearest valid one is accepted
+
+
+class _NaNForSampleZeroBelowHalf:
+    """dx/dt = -x, except that sample 0 sees a NaN field for t < 0.5."""
+
+    t_min, t_max = 0.0, 1.0
+
+    def drift(self, x, t):
+        out = -x.clone()
+        tt = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0])
+        out[(tt < 0.5) & (torch.arange(x.shape[0]) == 0)] = float("nan")
+        return out
+
+
+@pytest.mark.parametrize("solver", ["bosh3", "dopri5"])
+def test_underflow_stops_only_the_failing_sample(solver):
+    sol = fs.solve(_NaNForSampleZeroBelowHalf(), torch.ones(3, 2, dtype=torch.float64), (1.0, 0.0), solver)
+    assert sol.status == "underflow" and "sample 0" in sol.message and "non-finite" in sol.message
+    assert 0.5 <= float(sol.t[0]) < 0.51 and torch.isfinite(sol.x).all()
+    assert sol.extras["failed"].tolist() == [True, False, False]
+    # the others reached t1 = 0 on the exact solution x(0) = e^1 x(1)
+    assert torch.equal(sol.t[1:], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(sol.x[1:], torch.full((2, 2), math.e, dtype=torch.float64), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("first_step", [0.0, -0.1, float("nan"), float("inf")])
+def test_first_step_must_be_positive_and_finite(first_step):
+    ode = _NaNForSampleZeroBelowHalf()
+    with pytest.raises(ValueError, match="first_step"):
+        fs.solve(ode, torch.ones(2, 2, dtype=torch.float64), (1.0, 0.0), "dopri5", first_step=first_step)

@@ -8,6 +8,7 @@ IV.2), and Hairer's starting-step heuristic (HNW II.4), with every stage inside 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction as F
 
@@ -144,6 +145,8 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     the span, so the field is never evaluated outside ``[t0, t1]``.
     """
     _check_tolerances(rtol, atol, max_steps)
+    if first_step is not None and not (math.isfinite(float(first_step)) and float(first_step) > 0):
+        raise ValueError(f"first_step must be a finite number > 0 (its sign follows the span), got {first_step!r}")
     t0, t1 = float(span[0]), float(span[1])
     n, dev = x.shape[0], x.device
     direction = 1.0 if t1 > t0 else -1.0
@@ -160,7 +163,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     if first_step is None:
         h = _initial_step(counter, x, t0, t1, k_first, tableau.order, rtol, atol)
     else:
-        h = torch.full((n,), abs(float(first_step)), dtype=torch.float64, device=dev)
+        h = torch.full((n,), float(first_step), dtype=torch.float64, device=dev)
     if shared_step:
         h = h.min().expand(n).clone()
     err_prev = torch.ones(n, dtype=torch.float64, device=dev)
@@ -168,6 +171,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     accepted = torch.zeros_like(steps)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     nonfinite_last = torch.zeros(n, dtype=torch.bool, device=dev)
+    failed = torch.zeros(n, dtype=torch.bool, device=dev)
     save_ptr = torch.zeros(n, dtype=torch.long, device=dev)
     saved = torch.empty((len(targets), *x.shape), dtype=x.dtype, device=dev) if targets else None
     if targets:
@@ -178,7 +182,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     status, message = SUCCESS, ""
     span_len = abs(t1 - t0)
     while True:
-        active = ~done & (steps < max_steps)
+        active = ~done & ~failed & (steps < max_steps)
         if not bool(active.any()):
             break
         idx = all_idx[active]
@@ -193,13 +197,17 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
             ha = torch.where(clip, to_target, ha)
             t_next = torch.where(clip, nxt, t_next)  # land exactly on the save time
         tiny = 64 * torch.finfo(torch.float64).eps * torch.maximum(ta.abs(), torch.full_like(ta, span_len))
-        if bool((ha < tiny).any()):
-            bad = int(idx[ha < tiny][0])
-            status = UNDERFLOW
-            cause = " after non-finite field values" if bool(nonfinite_last[bad]) else ""
-            message = (f"step size underflow (h={float(h[bad]):.3g}){cause} for sample {bad} at t={float(t[bad])!r} "
-                       f"in step {int(steps[bad])}")
-            break
+        under = ha < tiny
+        if bool(under.any()):
+            # those samples stop where they are; the others go on
+            bad = int(idx[under][0])
+            if status == SUCCESS:
+                status = UNDERFLOW
+                cause = " after non-finite field values" if bool(nonfinite_last[bad]) else ""
+                message = (f"step size underflow (h={float(h[bad]):.3g}){cause} for sample {bad} at "
+                           f"t={float(t[bad])!r} in step {int(steps[bad])}")
+            failed[idx[under]] = True
+            continue
         hs = (ha * direction).to(x.dtype).unsqueeze(-1)
         ks = [ka]
         for c, row in zip(tableau.c[1:], tableau.a[1:]):
@@ -245,6 +253,8 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
         h[idx] = h_new
         if shared_step:
             h[:] = h_new.min()
+    if status == UNDERFLOW:
+        message += f" ({int(failed.sum())} sample(s) stopped by underflow; the others ran on)"
     if status == SUCCESS and not bool(done.all()):
         undone = all_idx[~done]
         status = MAX_STEPS
@@ -252,7 +262,8 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
                    f"e.g. sample {int(undone[0])} stopped at t={float(t[undone[0]])!r}")
     return Solution(x=x, t=t, nfe=counter.nfe, n_steps=steps, n_accepted=accepted, n_rejected=steps - accepted,
                     status=status, message=message,
-                    ts=torch.as_tensor(targets, dtype=torch.float64) if targets else None, xs=saved)
+                    ts=torch.as_tensor(targets, dtype=torch.float64) if targets else None, xs=saved,
+                    extras={"failed": failed})
 
 
 def _check_tolerances(rtol, atol, max_steps):
