@@ -505,3 +505,25 @@ def test_sample_field_checks():
     sde = fs.SDE(drift=lambda x, t: -x, diffusion=lambda t: 1.0 + 0.0 * t)
     with pytest.raises(ValueError, match="canonical"):
         fs.sample(sde, field, 2, "heun", steps=2)
+
+
+@pytest.mark.parametrize("solver,options", [
+    ("pc", {"n_corrector_steps": 3}), ("pc", {"predictor": "heun", "corrector": "ald"}),
+    ("pc", {"corrector": None}), ("annealed_langevin", {"n_steps_each": 7}),
+])
+def test_nfe_budget_counts_option_dependent_costs(solver, options):
+    proc = fs.VP()
+    field = fs.exact_field(proc, fs.toy.Gaussian([0.5, -0.5], [0.3, 0.8]))
+    sol = fs.sample(proc, field, 4, solver, nfe=40, dtype=F64, **options)
+    per_step = fs.solvers.base.get_solver(solver).nfe_per_step_for(options)
+    assert int(sol.nfe.max()) <= 40
+    assert int(sol.nfe.max()) > 40 - per_step  # the budget is used, not wasted
+
+
+@pytest.mark.parametrize("solver", ["bosh3", "dopri5"])
+def test_adaptive_sample_i_independent_of_batch(solver):
+    proc = fs.EDM()
+    field = fs.exact_field(proc, fs.toy.random_mixture(2, 3, seed=1))
+    big = fs.sample(proc, field, 300, solver, seed=3, rtol=1e-4, atol=1e-4)
+    small = fs.sample(proc, field, 7, solver, seed=3, rtol=1e-4, atol=1e-4)
+    assert torch.equal(small.x, big.x[:7]) and torch.equal(small.nfe, big.nfe[:7])

@@ -3,6 +3,7 @@ stochastic samplers, behind :func:`solve` and :func:`sample`."""
 
 from . import rk  # noqa: F401  (registers the Runge-Kutta solvers)
 from . import exponential  # noqa: F401
+from . import stochastic  # noqa: F401
 from .api import sample, solve
 from .base import NoiseSource, Solution, SolverInfo, available_solvers, register_solver
 from .rk import ButcherTableau, rk_adaptive, rk_fixed

@@ -112,9 +112,10 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
             raise ValueError("give exactly one of steps or nfe")
         if nfe is not None:
             nfe = check_int("nfe", nfe, 1)
-            steps = (nfe - extra) // info.nfe_per_step
+            per_step = info.nfe_per_step_for(options)
+            steps = (nfe - extra) // per_step
             if steps < 1:
-                raise ValueError(f"nfe={nfe} is below one step of {solver!r} ({info.nfe_per_step} NFE per step"
+                raise ValueError(f"nfe={nfe} is below one step of {solver!r} ({per_step} NFE per step"
                                  f"{' + 1 for the final denoising' if extra else ''})")
         times = make_grid(process, grid, steps, ts=ts, rho=rho)
     if x_init is None:

@@ -62,6 +62,11 @@ class SolverInfo:
     adaptive: bool = False
     process_aware: bool = False
     description: str = ""
+    cost: Callable | None = None  # options -> NFE per step, when the options change it
+
+    def nfe_per_step_for(self, options: dict) -> int:
+        """NFE per step with these solver options (``nfe_per_step`` unless ``cost`` says otherwise)."""
+        return int(self.cost(options)) if self.cost is not None else self.nfe_per_step
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "order": self.order, "nfe_per_step": self.nfe_per_step,
@@ -72,8 +77,12 @@ _REGISTRY: dict[str, SolverInfo] = {}
 
 
 def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per_step: int, adaptive: bool = False,
-                    process_aware: bool = False, description: str = "", overwrite: bool = False) -> SolverInfo:
-    """Make ``fn`` available as ``solver=name`` in :func:`solve` and :func:`sample`."""
+                    process_aware: bool = False, description: str = "", overwrite: bool = False,
+                    cost: Callable | None = None) -> SolverInfo:
+    """Make ``fn`` available as ``solver=name`` in :func:`solve` and :func:`sample`.
+
+    ``nfe_per_step`` is the cost with default options; ``cost(options) -> int`` gives it for
+    other options (e.g. more corrector steps), so ``sample(nfe=...)`` stays within budget."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not overwrite:
@@ -81,7 +90,10 @@ def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per
     if kind not in ("ode", "sde"):
         raise ValueError(f"kind must be 'ode' or 'sde', got {kind!r}")
     nfe_per_step = check_int("nfe_per_step", nfe_per_step, 1)
-    info = SolverInfo(name, fn, kind, float(order), int(nfe_per_step), bool(adaptive), bool(process_aware), description)
+    if cost is not None and not callable(cost):
+        raise ValueError(f"cost must be a callable options -> NFE per step, got {type(cost).__name__}")
+    info = SolverInfo(name, fn, kind, float(order), int(nfe_per_step), bool(adaptive), bool(process_aware), description,
+                      cost)
     _REGISTRY[name] = info
     return info
 

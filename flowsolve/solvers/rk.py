@@ -226,9 +226,12 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
         ok = err <= 1.0
         steps[idx] += 1
         # PI controller; a rejected step does not update the memory term
-        e = err.clamp_min(1e-10)
-        factor = safety * e ** (-b1 / q) * err_prev[idx] ** (b2 / q)
-        factor = torch.where(ok, factor.clamp(min_factor, max_factor), (safety * e ** (-1.0 / q)).clamp(min_factor, 1.0))
+        # powers as exp(r log e): a tensor ``**`` may round differently with the batch size,
+        # and the step sizes must not depend on the other samples
+        log_e = torch.log(err.clamp_min(1e-10))
+        factor = safety * torch.exp(-b1 / q * log_e + b2 / q * torch.log(err_prev[idx]))
+        factor = torch.where(ok, factor.clamp(min_factor, max_factor),
+                             (safety * torch.exp(-log_e / q)).clamp(min_factor, 1.0))
         factor = torch.where(torch.isfinite(factor), factor, torch.full_like(factor, min_factor))
         h_new = ha * factor
         if shared_step:
@@ -241,7 +244,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
             k_first[acc_idx] = last[ok] if last is not None else counter.drift(x[acc_idx], as_time(t[acc_idx], x),
                                                                              active=acc_idx)
             accepted[acc_idx] += 1
-            err_prev[acc_idx] = e[ok]
+            err_prev[acc_idx] = torch.exp(log_e[ok])
             if targets:
                 tgt = torch.as_tensor(targets, dtype=torch.float64, device=dev)
                 for j in acc_idx.tolist():
