@@ -181,3 +181,46 @@ def as_time(t, x: torch.Tensor):
     if isinstance(t, torch.Tensor):
         return t.to(dtype=torch.float64, device=x.device)
     return float(t)
+
+
+def save_indices(save_at, ts) -> list[int] | None:
+    """Grid indices to save at: all for ``save_at=True``, the given grid times otherwise."""
+    if save_at is None or save_at is False:
+        return None
+    if save_at is True:
+        return list(range(len(ts)))
+    want = torch.as_tensor(save_at, dtype=torch.float64).reshape(-1)
+    idx = []
+    for t in want.tolist():
+        hits = (ts - t).abs() <= 1e-12 * max(1.0, abs(t))
+        if not bool(hits.any()):
+            raise ValueError(f"save_at time {t!r} is not on the grid ts; fixed-step solvers save at grid points")
+        idx.append(int(hits.nonzero()[0]))
+    return idx
+
+
+def run_fixed_grid(x: torch.Tensor, ts: torch.Tensor, save_at, nfe: torch.Tensor, step, extras=None) -> Solution:
+    """The fixed-grid loop every fixed-step solver shares: ``x <- step(i, x, t_i, t_{i+1})``,
+    a finiteness check after each step (on a fault: the last finite state, status
+    "nonfinite" and the step), and saving at grid indices. ``nfe`` is the per-sample count
+    the step function increments."""
+    keep = save_indices(save_at, ts)
+    saved = [x] if keep is not None and 0 in keep else []
+    n = x.shape[0]
+    status, message, t_reached, steps_done = SUCCESS, "", float(ts[-1]), 0
+    for i in range(len(ts) - 1):
+        t0, t1 = float(ts[i]), float(ts[i + 1])
+        x_new = step(i, x, t0, t1)
+        if not bool(torch.isfinite(x_new).all()):
+            status, t_reached = NONFINITE, t0
+            message = f"non-finite field or state in step {i} from t={t0!r} to t={t1!r}"
+            break
+        x = x_new
+        steps_done += 1
+        if keep is not None and (i + 1) in keep:
+            saved.append(x)
+    steps = torch.full((n,), steps_done, dtype=torch.long, device=x.device)
+    return Solution(x=x, t=torch.full((n,), t_reached, dtype=torch.float64, device=x.device), nfe=nfe,
+                    n_steps=steps, n_accepted=steps.clone(), n_rejected=torch.zeros_like(steps), status=status,
+                    message=message, ts=ts[keep] if keep is not None else None,
+                    xs=torch.stack(saved) if keep is not None and saved else None, extras=dict(extras or {}))

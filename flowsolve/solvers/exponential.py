@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .base import NONFINITE, SUCCESS, Solution, register_solver
-from .rk import _save_indices
+from .base import save_indices
 
 # Multistep solvers use lower orders at the end only for fewer steps than this (as in the
 # reference DPM-Solver code, ``lower_order_final and steps < 10``).
@@ -95,7 +95,7 @@ class _Run:
         self.n_steps = len(self.t) - 1
         n = x.shape[0]
         self.nfe = torch.zeros(n, dtype=torch.long, device=x.device)
-        self.keep = _save_indices(save_at, ts)
+        self.keep = save_indices(save_at, ts)
         self.saved = [x] if self.keep is not None and 0 in self.keep else []
         self.x = x
         self.steps_done = 0

@@ -15,8 +15,8 @@ from fractions import Fraction as F
 import torch
 
 from .._validation import check_int
-from .base import (MAX_STEPS, NONFINITE, SUCCESS, UNDERFLOW, CountingFlow, Solution, as_time,
-                   register_solver)
+from .base import (MAX_STEPS, SUCCESS, UNDERFLOW, CountingFlow, Solution, as_time, register_solver,
+                   run_fixed_grid)
 
 
 @dataclass(frozen=True)
@@ -83,50 +83,18 @@ def _combine(x, h, coefs, ks):
     return x if acc is None else x + h * acc
 
 
-def _save_indices(save_at, ts):
-    if save_at is None or save_at is False:
-        return None
-    if save_at is True:
-        return list(range(len(ts)))
-    want = torch.as_tensor(save_at, dtype=torch.float64).reshape(-1)
-    idx = []
-    for t in want.tolist():
-        hits = (ts - t).abs() <= 1e-12 * max(1.0, abs(t))
-        if not bool(hits.any()):
-            raise ValueError(f"save_at time {t!r} is not on the grid ts; fixed-step solvers save at grid points")
-        idx.append(int(hits.nonzero()[0]))
-    return idx
-
-
 def rk_fixed(tableau: ButcherTableau, flow, x: torch.Tensor, ts: torch.Tensor, *, save_at=None):
     """Integrate ``dx/dt = flow.drift(x, t)`` along the grid ``ts`` with one tableau."""
     counter = CountingFlow(flow, x.shape[0], x.device)
-    keep = _save_indices(save_at, ts)
-    saved = [x] if keep is not None and 0 in keep else []
-    n = x.shape[0]
-    status, message, t_reached = SUCCESS, "", float(ts[-1])
-    steps_done = 0
-    for i in range(len(ts) - 1):
-        t0, t1 = float(ts[i]), float(ts[i + 1])
+
+    def step(i, x, t0, t1):
         h = t1 - t0
         ks = []
         for c, row in zip(tableau.c, tableau.a):
-            k = counter.drift(_combine(x, h, row, ks), as_time(t0 + float(c) * h, x))
-            ks.append(k)
-        x_new = _combine(x, h, tableau.b, ks)
-        if not bool(torch.isfinite(x_new).all()):
-            status, t_reached = NONFINITE, t0
-            message = f"non-finite field or state in step {i} from t={t0!r} to t={t1!r}"
-            break
-        x = x_new
-        steps_done += 1
-        if keep is not None and (i + 1) in keep:
-            saved.append(x)
-    steps = torch.full((n,), steps_done, dtype=torch.long, device=x.device)
-    return Solution(x=x, t=torch.full((n,), t_reached, dtype=torch.float64, device=x.device), nfe=counter.nfe,
-                    n_steps=steps, n_accepted=steps.clone(), n_rejected=torch.zeros_like(steps), status=status,
-                    message=message, ts=ts[keep] if keep is not None else None,
-                    xs=torch.stack(saved) if keep is not None and saved else None)
+            ks.append(counter.drift(_combine(x, h, row, ks), as_time(t0 + float(c) * h, x)))
+        return _combine(x, h, tableau.b, ks)
+
+    return run_fixed_grid(x, ts, save_at, counter.nfe, step)
 
 
 def _rms(v: torch.Tensor) -> torch.Tensor:

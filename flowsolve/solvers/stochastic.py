@@ -43,8 +43,9 @@ import torch
 
 from ..flows import ProbabilityFlowODE, ReverseSDE
 from ..processes.base import Process
-from .base import MAX_STEPS, NONFINITE, SUCCESS, UNDERFLOW, Solution, as_time, get_solver, register_solver
-from .rk import _adaptive_save_times, _check_tolerances, _save_indices
+from .base import (MAX_STEPS, NONFINITE, SUCCESS, UNDERFLOW, Solution, as_time, get_solver, register_solver,
+                   run_fixed_grid)
+from .rk import _adaptive_save_times, _check_tolerances
 
 # ---------------------------------------------------------------------------------------
 # shared plumbing
@@ -106,31 +107,6 @@ def _row_norm(v: torch.Tensor) -> torch.Tensor:
 
 def _finite_rows(v: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(v.flatten(1)).all(-1)
-
-
-def _run_fixed(x: torch.Tensor, ts: torch.Tensor, save_at, counter: _Counter, step, extras=None) -> Solution:
-    """The fixed-grid loop every sampler shares: ``x <- step(i, x, t_i, t_{i+1})``, a
-    finiteness check after each step, saving at grid indices (``rk_fixed``'s conventions)."""
-    keep = _save_indices(save_at, ts)
-    saved = [x] if keep is not None and 0 in keep else []
-    n = x.shape[0]
-    status, message, t_reached, steps_done = SUCCESS, "", float(ts[-1]), 0
-    for i in range(len(ts) - 1):
-        t0, t1 = float(ts[i]), float(ts[i + 1])
-        x_new = step(i, x, t0, t1)
-        if not bool(torch.isfinite(x_new).all()):
-            status, t_reached = NONFINITE, t0
-            message = f"non-finite field or state in step {i} from t={t0!r} to t={t1!r}"
-            break
-        x = x_new
-        steps_done += 1
-        if keep is not None and (i + 1) in keep:
-            saved.append(x)
-    steps = torch.full((n,), steps_done, dtype=torch.long, device=x.device)
-    return Solution(x=x, t=torch.full((n,), t_reached, dtype=torch.float64, device=x.device), nfe=counter.nfe,
-                    n_steps=steps, n_accepted=steps.clone(), n_rejected=torch.zeros_like(steps), status=status,
-                    message=message, ts=ts[keep] if keep is not None else None,
-                    xs=torch.stack(saved) if keep is not None and saved else None, extras=dict(extras or {}))
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,7 +186,7 @@ def euler_maruyama(flow, x, ts, *, noise, save_at=None):
     if not callable(getattr(flow, "diffusion", None)):
         raise ValueError("euler_maruyama integrates an SDE: flow needs drift(x, t) and diffusion(t) (fs.reverse_sde)")
     counter = _Counter(x.shape[0], x.device)
-    return _run_fixed(x, ts, save_at, counter, lambda i, xx, t0, t1: _em_update(flow, counter, xx, t0, t1,
+    return run_fixed_grid(x, ts, save_at, counter.nfe, lambda i, xx, t0, t1: _em_update(flow, counter, xx, t0, t1,
                                                                                noise.randn()))
 
 
@@ -219,7 +195,7 @@ def reverse_diffusion(flow, x, ts, *, noise, save_at=None):
     process, field = _require_gaussian(flow, "reverse_diffusion")
     ts = _check_grid(ts, "reverse_diffusion")
     counter = _Counter(x.shape[0], x.device)
-    return _run_fixed(x, ts, save_at, counter,
+    return run_fixed_grid(x, ts, save_at, counter.nfe,
                       lambda i, xx, t0, t1: _reverse_diffusion_update(process, field, counter, xx, t0, t1,
                                                                       noise.randn()))
 
@@ -234,7 +210,7 @@ def ancestral(flow, x, ts, *, noise, save_at=None, eta: float = 1.0):
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
     counter = _Counter(x.shape[0], x.device)
-    return _run_fixed(x, ts, save_at, counter,
+    return run_fixed_grid(x, ts, save_at, counter.nfe,
                       lambda i, xx, t0, t1: _ancestral_update(process, field, counter, xx, t0, t1, noise.randn(),
                                                               eta))
 
@@ -321,7 +297,7 @@ def pc(flow, x, ts, *, noise, save_at=None, predictor: str | None = "reverse_dif
                                       max_step_ratio)
         return predict(xx, t0, t1)
 
-    return _run_fixed(x, ts, save_at, counter, step, extras={"nfe_per_step": pred_nfe + n_corr})
+    return run_fixed_grid(x, ts, save_at, counter.nfe, step, extras={"nfe_per_step": pred_nfe + n_corr})
 
 
 def annealed_langevin(flow, x, ts, *, noise, save_at=None, eps: float | None = None, n_steps_each: int = 100):
@@ -356,7 +332,7 @@ def annealed_langevin(flow, x, ts, *, noise, save_at=None, eps: float | None = N
             xh = xh + eps_i * score_h + math.sqrt(2.0 * eps_i) * noise.randn()
         return s1 * xh
 
-    return _run_fixed(x, ts, save_at, counter, step, extras={"nfe_per_step": m_steps, "eps": eps})
+    return run_fixed_grid(x, ts, save_at, counter.nfe, step, extras={"nfe_per_step": m_steps, "eps": eps})
 
 
 def edm_stochastic(flow, x, ts, *, noise, save_at=None, S_churn: float = 40.0, S_tmin: float = 0.0,
@@ -400,7 +376,7 @@ def edm_stochastic(flow, x, ts, *, noise, save_at=None, S_churn: float = 40.0, S
             xh_next = xh + (sg1 - sg_hat) * (0.5 * d + 0.5 * d2)
         return s1 * xh_next
 
-    return _run_fixed(x, ts, save_at, counter, step)
+    return run_fixed_grid(x, ts, save_at, counter.nfe, step)
 
 
 def dpmpp_2m_sde(flow, x, ts, *, noise, save_at=None, eta: float = 1.0, s_noise: float = 1.0,
@@ -443,7 +419,7 @@ def dpmpp_2m_sde(flow, x, ts, *, noise, save_at=None, eta: float = 1.0, s_noise:
         memory["den"], memory["h"] = den, h
         return s1 * xh
 
-    return _run_fixed(x, ts, save_at, counter, step)
+    return run_fixed_grid(x, ts, save_at, counter.nfe, step)
 
 
 def adaptive_sde(flow, x, ts, *, noise, rtol: float = 1e-2, atol: float = 1e-2, max_steps: int = 10_000,
