@@ -52,7 +52,6 @@ def _exact_end(process, data, x_init):
 
 
 def demo(n: int = 2000, seed: int = 0, out=sys.stdout) -> int:
-    torch.set_default_dtype(torch.float64)
     data = fs.toy.Gaussian([1.0, -2.0], [[1.0, 0.5], [0.5, 0.75]])
     rtol, atol = 1e-6, 1e-8
     print(f"data N(mean={data.mean().tolist()}, cov={data.covariance().tolist()}); {n} samples, seed {seed}", file=out)
@@ -87,7 +86,7 @@ def demo(n: int = 2000, seed: int = 0, out=sys.stdout) -> int:
             print(f"{name:30s} {solver_label:22s} {nfe_mean:8.1f} {nfe_max:7d} {outside:7d} {err:10.2e} "
                   f"{time.perf_counter() - start:6.2f}{label}", file=out)
     print("\nD -> infinity: max |PFGM++ drift - EDM drift| at sigma = 1 on 256 points of the law", file=out)
-    x = fs.EDM().perturb(data.sample(256, generator=torch.Generator().manual_seed(seed)), 1.0,
+    x = fs.EDM().perturb(data.sample(256, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), 1.0,
                          generator=torch.Generator().manual_seed(seed + 1))
     edm = fs.exact_field(fs.EDM(), data).velocity(x, 1.0)
     print(f"{'D':>10s} {'max error':>11s} {'error * D':>10s}", file=out)

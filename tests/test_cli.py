@@ -4,6 +4,7 @@ import io
 import re
 
 import pytest
+import torch
 
 from flowsolve import cli
 
@@ -29,3 +30,9 @@ def test_main_rejects_bad_sample_count(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--n", "1"])
     assert "--n must be >= 2" in capsys.readouterr().err
+
+
+def test_demo_leaves_global_torch_state_alone():
+    before = torch.get_default_dtype()
+    cli.demo(n=8, seed=0, out=io.StringIO())
+    assert torch.get_default_dtype() == before
