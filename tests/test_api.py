@@ -527,3 +527,22 @@ def test_adaptive_sample_i_independent_of_batch(solver):
     big = fs.sample(proc, field, 300, solver, seed=3, rtol=1e-4, atol=1e-4)
     small = fs.sample(proc, field, 7, solver, seed=3, rtol=1e-4, atol=1e-4)
     assert torch.equal(small.x, big.x[:7]) and torch.equal(small.nfe, big.nfe[:7])
+
+
+def test_generator_instead_of_seed():
+    proc = fs.VP()
+    field = fs.exact_field(proc, fs.toy.Gaussian([0.5, -0.5], [0.3, 0.8]))
+    runs = [fs.sample(proc, field, 6, "euler_maruyama", steps=10, dtype=F64,
+                      generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(runs[0].x, runs[1].x)
+    other = fs.sample(proc, field, 6, "euler_maruyama", steps=10, dtype=F64, generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(runs[0].x, other.x)
+    # the prior draw comes from the generator too: N(0, prior_std^2) per coordinate
+    gen = torch.Generator().manual_seed(3)
+    expected = proc.prior_std * torch.randn(6, 2, generator=gen, dtype=F64)
+    ode = fs.sample(proc, field, 6, "euler", steps=1, dtype=F64, generator=torch.Generator().manual_seed(3),
+                    save_at=True)
+    torch.testing.assert_close(ode.xs[0], expected)
+    with pytest.raises(ValueError, match="generator"):
+        fs.solve(fs.reverse_sde(proc, field), runs[0].x, fs.make_grid(proc, "uniform", 3), "euler_maruyama",
+                 generator=torch.Generator(), noise=fs.NoiseSource(0, 6, 2))

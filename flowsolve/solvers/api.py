@@ -10,7 +10,7 @@ from ..flows import _as_field, probability_flow, reverse_sde
 from ..grids import make_grid
 from ..processes.diffusions import Diffusion
 from ..processes.sde import require_canonical
-from .base import NoiseSource, Solution, get_solver
+from .base import GeneratorNoise, NoiseSource, Solution, get_solver
 
 PRIOR_STREAM, SOLVER_STREAM = 0, 1
 
@@ -41,13 +41,14 @@ def _check_times(flow, ts, adaptive: bool) -> torch.Tensor:
 
 
 def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, seed: int = 0, noise: NoiseSource | None = None,
-          save_at=None, **options) -> Solution:
+          generator: torch.Generator | None = None, save_at=None, **options) -> Solution:
     """Integrate ``flow`` (anything with ``drift(x, t)``, plus ``diffusion(t)`` for an SDE)
     from ``ts[0]`` to ``ts[-1]``.
 
     ``ts`` is a 1-D grid for fixed-step solvers (they step exactly on it) or ``(t0, t1)``
     for adaptive ones (options ``rtol``, ``atol``, ``max_steps``, ``shared_step``). Time may
-    run backwards. SDE solvers draw from per-sample streams of ``seed`` (or ``noise=``).
+    run backwards. SDE solvers draw from per-sample streams of ``seed``, or from ``noise=`` (a
+    :class:`NoiseSource`) or one ``generator=`` for the whole batch.
     ``drift`` receives t as a Python float, or as a float64 tensor of shape ``(n,)`` when
     samples sit at different times (adaptive solvers).
     """
@@ -66,7 +67,11 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, seed: int = 0, noi
                              "diffusion (VE, VP, SubVP, EDM, Diffusion, LinearSDE) or a general fs.SDE, or an ODE solver")
         if info.process_aware:
             require_canonical(flow.process, f"solver {solver!r}")
-        if noise is None:
+        if noise is not None and generator is not None:
+            raise ValueError("give noise or generator, not both")
+        if generator is not None:
+            noise = GeneratorNoise(generator, x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+        elif noise is None:
             noise = NoiseSource(seed, x.shape[0], x.shape[1], dtype=x.dtype, device=x.device, stream=SOLVER_STREAM)
         options["noise"] = noise
     if save_at is not None:
@@ -77,7 +82,7 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, seed: int = 0, noi
 def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = None, nfe: int | None = None,
            grid: str = "karras", seed: int = 0, x_init: torch.Tensor | None = None, dtype=torch.float32,
            device=None, denoise_final: bool = False, offset: int = 0, ts=None, rho: float = 7.0,
-           **options) -> Solution:
+           generator: torch.Generator | None = None, **options) -> Solution:
     """Draw ``n`` samples: prior at ``t_max`` -> data at ``t_min``.
 
     Exactly one of ``steps`` or ``nfe`` fixes the budget of a fixed-step solver (with ``nfe``
@@ -85,7 +90,8 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     adaptive solvers take ``rtol``/``atol`` instead. ``grid`` names a time grid
     (``fs.available_grids()``; ``grid="explicit"`` with ``ts=``). ``x_init`` reuses given
     prior points. ``denoise_final`` ends with the step to sigma = 0, i.e. returns
-    ``D(x; t_min)`` (one more evaluation). Sample ``offset + i`` has its own noise streams.
+    ``D(x; t_min)`` (one more evaluation). Sample ``offset + i`` has its own noise streams;
+    ``generator=`` draws prior and noise from one generator instead (batch-dependent).
     """
     require_canonical(process, "sample")
     info = get_solver(solver)
@@ -119,7 +125,8 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
                                  f"{' + 1 for the final denoising' if extra else ''})")
         times = make_grid(process, grid, steps, ts=ts, rho=rho)
     if x_init is None:
-        prior = NoiseSource(seed, n, dim, dtype=dtype, device=device, offset=offset, stream=PRIOR_STREAM)
+        prior = (GeneratorNoise(generator, n, dim, dtype=dtype, device=device) if generator is not None else
+                 NoiseSource(seed, n, dim, dtype=dtype, device=device, offset=offset, stream=PRIOR_STREAM))
         x_init = process.prior_std * prior.kernel_noise(process.kernel)
     else:
         if field.dim is not None and x_init.shape[1] != field.dim:
@@ -133,9 +140,10 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     else:  # an SDE solver on PFGM++ is refused by solve() with the reason
         flow = probability_flow(process, field)
     noise = None
-    if info.kind == "sde":
+    if info.kind == "sde" and generator is None:
         noise = NoiseSource(seed, n, dim, dtype=x_init.dtype, device=x_init.device, offset=offset, stream=SOLVER_STREAM)
-    sol = solve(flow, x_init, times, solver, noise=noise, **options)
+    sol = solve(flow, x_init, times, solver, noise=noise, generator=generator if info.kind == "sde" else None,
+                **options)
     if denoise_final and sol.success:
         sol.x = field.denoiser(sol.x, process.t_min)
         sol.nfe = sol.nfe + 1

@@ -159,6 +159,26 @@ class NoiseSource:
         return (g / torch.sqrt(u).unsqueeze(-1)).to(self.dtype)
 
 
+class GeneratorNoise(NoiseSource):
+    """Draws from one ``torch.Generator`` for the whole batch (``generator=`` in
+    :func:`solve`/:func:`sample`): reproducible for a fixed batch, but sample i's noise then
+    depends on the batch size, unlike :class:`NoiseSource` streams."""
+
+    def __init__(self, generator: torch.Generator, n: int, dim: int, dtype=torch.float32, device=None):
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.generator, self.n, self.dim, self.dtype, self.device = generator, int(n), int(dim), dtype, device
+
+    def randn(self, dim: int | None = None) -> torch.Tensor:
+        dim = self.dim if dim is None else int(dim)
+        out = torch.randn(self.n, dim, generator=self.generator, dtype=torch.float64, device=self.generator.device)
+        return out.to(dtype=self.dtype, device=self.device)
+
+    def gamma(self, concentration: float) -> torch.Tensor:
+        alpha = torch.full((self.n,), float(concentration), dtype=torch.float64, device=self.generator.device)
+        return torch._standard_gamma(alpha, generator=self.generator).to(device=self.device)
+
+
 class CountingFlow:
     """Wraps a flow, counting field evaluations per sample (``nfe``), and raising nothing
     itself: solvers check finiteness and report where it failed."""
