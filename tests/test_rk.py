@@ -658,3 +658,33 @@ def test_first_step_must_be_positive_and_finite(first_step):
     ode = _NaNForSampleZeroBelowHalf()
     with pytest.raises(ValueError, match="first_step"):
         fs.solve(ode, torch.ones(2, 2, dtype=torch.float64), (1.0, 0.0), "dopri5", first_step=first_step)
+
+
+@pytest.mark.parametrize("name", ["dopri5", "tsit5"])
+def test_fifth_order_pairs_as_fixed_step_tableaus(name):
+    """The 5th-order weights of each pair, run on a fixed grid, converge at order ~5 on a
+    mixture's PF-ODE (reference: dopri5 at 1e-13)."""
+    from flowsolve.solvers.rk import DOPRI5, TSIT5, rk_fixed
+
+    tab = {"dopri5": DOPRI5, "tsit5": TSIT5}[name]
+    proc = fs.VP()
+    flow = fs.probability_flow(proc, fs.exact_field(proc, fs.toy.random_mixture(2, 3, seed=1)))
+    x0 = proc.prior_std * fs.NoiseSource(0, 8, 2, dtype=torch.float64).randn()
+    ref = fs.solve(flow, x0, (1.0, 0.2), "dopri5", rtol=1e-13, atol=1e-13).x
+    errs = [float((rk_fixed(tab, flow, x0.clone(), torch.linspace(1.0, 0.2, n + 1, dtype=torch.float64)).x - ref)
+                  .abs().max()) for n in (16, 32, 64)]
+    orders = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
+    assert all(4.7 < o < 6.5 for o in orders), orders
+
+
+def test_tsit5_adaptive_meets_tolerance():
+    proc = fs.EDM()
+    data = fs.toy.Gaussian([1.0, -2.0], [[1.0, 0.5], [0.5, 0.75]])
+    flow = fs.probability_flow(proc, fs.exact_field(proc, data))
+    x0 = proc.prior_std * fs.NoiseSource(0, 8, 2, dtype=torch.float64).randn()
+    ref = fs.solve(flow, x0, (proc.t_max, proc.t_min), "dopri5", rtol=1e-12, atol=1e-12).x
+    loose = fs.solve(flow, x0, (proc.t_max, proc.t_min), "tsit5", rtol=1e-5, atol=1e-5)
+    tight = fs.solve(flow, x0, (proc.t_max, proc.t_min), "tsit5", rtol=1e-8, atol=1e-8)
+    assert loose.success and tight.success
+    assert float((tight.x - ref).abs().max()) < 10 * 1e-8 * max(1.0, float(ref.abs().max()))
+    assert int(tight.nfe.min()) > int(loose.nfe.max())

@@ -72,6 +72,21 @@ DOPRI5 = ButcherTableau(
     b_low=(F(5179, 57600), F(0), F(7571, 16695), F(393, 640), F(-92097, 339200), F(187, 2100), F(1, 40)),
     low_order=4, fsal=True)
 
+# Tsitouras 2011 (Comput. Math. Appl. 62, 770-775), 5(4), FSAL; the coefficients as
+# tabulated in OrdinaryDiffEq's Tsit5 (floats: the pair has no closed rational form).
+_TSIT5_B = (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
+            2.324710524099774, 0.0)
+_TSIT5_BTILDE = (-0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995, -0.1447110071732629,
+                 0.5823571654525552, -0.45808210592918697, 1.0 / 66.0)  # b - b_low
+TSIT5 = ButcherTableau(
+    "tsit5", 5, (0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0),
+    ((), (0.161,), (-0.008480655492356989, 0.335480655492357),
+     (2.8971530571054935, -6.359448489975075, 4.3622954328695815),
+     (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+     (5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401, -0.028269050394068383),
+     _TSIT5_B[:6]),
+    _TSIT5_B, b_low=tuple(b - e for b, e in zip(_TSIT5_B, _TSIT5_BTILDE)), low_order=4, fsal=True)
+
 
 def _combine(x, h, coefs, ks):
     """``x + h * sum_j coefs[j] k_j`` skipping zero coefficients; ``h`` broadcasts per sample."""
@@ -304,5 +319,7 @@ for _tab, _desc in _FIXED.items():
                     description=_desc)
 register_solver("bosh3", _adaptive(BOSH3), kind="ode", order=3, nfe_per_step=3, adaptive=True,
                 description="Bogacki-Shampine 3(2) pair, FSAL (Bogacki & Shampine 1989)")
+register_solver("tsit5", _adaptive(TSIT5), kind="ode", order=5, nfe_per_step=6, adaptive=True,
+                description="Tsitouras 5(4) pair, FSAL (Tsitouras 2011)")
 register_solver("dopri5", _adaptive(DOPRI5), kind="ode", order=5, nfe_per_step=6, adaptive=True,
                 description="Dormand-Prince 5(4) pair, FSAL (Dormand & Prince 1980)")
