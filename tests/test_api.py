@@ -546,3 +546,26 @@ def test_generator_instead_of_seed():
     with pytest.raises(ValueError, match="generator"):
         fs.solve(fs.reverse_sde(proc, field), runs[0].x, fs.make_grid(proc, "uniform", 3), "euler_maruyama",
                  generator=torch.Generator(), noise=fs.NoiseSource(0, 6, 2))
+
+
+def test_sample_keeps_x_init_dtype_and_refuses_unused_grid_options():
+    proc = fs.EDM()
+    field = fs.exact_field(proc, fs.toy.Gaussian([0.5, -0.5], [0.3, 0.8]))
+    x_init = proc.prior_std * torch.randn(3, 2, dtype=F64)
+    assert fs.sample(proc, field, 3, "heun", steps=4, x_init=x_init).x.dtype == F64
+    with pytest.raises(ValueError, match="ts="):
+        fs.sample(proc, field, 3, "heun", steps=4, ts=[80.0, 1.0, 0.002])
+    with pytest.raises(ValueError, match="rho="):
+        fs.sample(proc, field, 3, "heun", steps=4, grid="uniform", rho=3.0)
+    assert fs.sample(proc, field, 3, "heun", steps=4, rho=3.0).success
+
+
+def test_pc_predictor_errors_name_the_argument():
+    proc = fs.VP()
+    field = fs.exact_field(proc, fs.toy.Gaussian([0.5, -0.5], [0.3, 0.8]))
+    with pytest.raises(ValueError, match="predictor"):
+        fs.sample(proc, field, 2, "pc", nfe=10, predictor="foo")
+    with pytest.raises(ValueError, match="predictor"):
+        fs.sample(proc, field, 2, "pc", steps=3, predictor="dpmpp_2m")
+    with pytest.raises(ValueError, match="predictor_options"):
+        fs.sample(proc, field, 2, "pc", steps=3, predictor="heun", predictor_options={"bogus": 1})

@@ -688,3 +688,53 @@ def test_tsit5_adaptive_meets_tolerance():
     assert loose.success and tight.success
     assert float((tight.x - ref).abs().max()) < 10 * 1e-8 * max(1.0, float(ref.abs().max()))
     assert int(tight.nfe.min()) > int(loose.nfe.max())
+
+
+class _ZeroDrift:
+    t_min, t_max = 0.0, 1.0
+
+    def drift(self, x, t):
+        return torch.zeros_like(x)
+
+
+def test_save_at_edge_cases_never_return_stale_memory():
+    ode = _ZeroDrift()
+    x0 = torch.ones(2, 1, dtype=torch.float64)
+    # a save time within rounding of the end is the end
+    sol = fs.solve(ode, x0, (1.0, 0.0), "dopri5", save_at=[0.5, 1e-17])
+    assert sol.success and torch.equal(sol.xs, torch.ones(2, 2, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="distinct"):
+        fs.solve(ode, x0, (1.0, 0.0), "dopri5", save_at=[0.5, 0.5])
+    # a step clipped very short by a save time is not an underflow
+    assert fs.solve(ode, x0, (1.0, 0.0), "dopri5", save_at=[0.5, 0.5 - 1e-15]).status == "success"
+    assert fs.solve(ode, x0, (1.0, 0.0), "dopri5", first_step=1 - 1e-14).status == "success"
+    # unreached save times (max_steps) are NaN, not uninitialised memory
+    proc = fs.EDM()
+    flow = fs.probability_flow(proc, fs.exact_field(proc, fs.toy.bimodal_1d()))
+    part = fs.solve(flow, 80 * torch.ones(3, 1, dtype=torch.float64), (80.0, 0.002), "dopri5",
+                    save_at=[1.0, 0.002], max_steps=3)
+    assert part.status == "max_steps" and torch.isnan(part.xs).all()
+
+
+def test_fixed_step_stages_stay_inside_the_span():
+    proc = fs.EDM()
+    field = fs.exact_field(proc, fs.toy.bimodal_1d())
+    seen = []
+
+    class Spy:
+        t_min, t_max = proc.t_min, proc.t_max
+
+        def drift(self, x, t):
+            seen.append(float(t))
+            return field.velocity(x, t)
+
+    for solver in ["heun", "rk4", "ralston", "midpoint"]:
+        fs.solve(Spy(), torch.ones(2, 1, dtype=torch.float64) * 3, fs.make_grid(proc, "karras", 7), solver)
+    assert min(seen) >= proc.t_min and max(seen) <= proc.t_max
+
+
+@pytest.mark.parametrize("option,value", [("safety", -1.0), ("safety", 1.5), ("min_factor", 2.0),
+                                          ("max_factor", 0.5), ("pi_beta", (float("nan"), 0.4))])
+def test_controller_options_are_validated(option, value):
+    with pytest.raises(ValueError, match=option):
+        fs.solve(_ZeroDrift(), torch.ones(2, 1), (1.0, 0.0), "dopri5", **{option: value})

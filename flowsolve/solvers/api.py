@@ -80,8 +80,8 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, seed: int = 0, noi
 
 
 def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = None, nfe: int | None = None,
-           grid: str = "karras", seed: int = 0, x_init: torch.Tensor | None = None, dtype=torch.float32,
-           device=None, denoise_final: bool = False, offset: int = 0, ts=None, rho: float = 7.0,
+           grid: str = "karras", seed: int = 0, x_init: torch.Tensor | None = None, dtype=None,
+           device=None, denoise_final: bool = False, offset: int = 0, ts=None, rho: float | None = None,
            generator: torch.Generator | None = None, **options) -> Solution:
     """Draw ``n`` samples: prior at ``t_max`` -> data at ``t_min``.
 
@@ -99,6 +99,12 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     n = check_int("n", n, 1)
     if x_init is not None:
         _check_state(x_init, "x_init")
+    if dtype is None:  # x_init's dtype, else float32
+        dtype = x_init.dtype if x_init is not None else torch.float32
+    if ts is not None and grid != "explicit":
+        raise ValueError(f"ts= is for grid='explicit'; grid={grid!r} makes its own times")
+    if rho is not None and grid != "karras":
+        raise ValueError(f"rho= is for grid='karras', got grid={grid!r}")
     dim = field.dim if x_init is None else x_init.shape[-1]
     if dim is None:
         raise ValueError("the field does not know the data dimension: pass x_init")
@@ -123,7 +129,7 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
             if steps < 1:
                 raise ValueError(f"nfe={nfe} is below one step of {solver!r} ({per_step} NFE per step"
                                  f"{' + 1 for the final denoising' if extra else ''})")
-        times = make_grid(process, grid, steps, ts=ts, rho=rho)
+        times = make_grid(process, grid, steps, **({} if rho is None else {"rho": rho}))
     if x_init is None:
         prior = (GeneratorNoise(generator, n, dim, dtype=dtype, device=device) if generator is not None else
                  NoiseSource(seed, n, dim, dtype=dtype, device=device, offset=offset, stream=PRIOR_STREAM))

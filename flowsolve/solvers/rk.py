@@ -98,6 +98,14 @@ def _combine(x, h, coefs, ks):
     return x if acc is None else x + h * acc
 
 
+def _stage_time(t0: float, t1: float, c: float) -> float:
+    """``t0 + c (t1 - t0)``, exactly ``t1`` for ``c = 1`` and never outside ``[t0, t1]``:
+    rounding must not put a field evaluation outside the span (e.g. below sigma_min)."""
+    if c == 1.0:
+        return t1
+    return min(max(t0 + c * (t1 - t0), min(t0, t1)), max(t0, t1))
+
+
 def rk_fixed(tableau: ButcherTableau, flow, x: torch.Tensor, ts: torch.Tensor, *, save_at=None):
     """Integrate ``dx/dt = flow.drift(x, t)`` along the grid ``ts`` with one tableau."""
     counter = CountingFlow(flow, x.shape[0], x.device)
@@ -106,7 +114,7 @@ def rk_fixed(tableau: ButcherTableau, flow, x: torch.Tensor, ts: torch.Tensor, *
         h = t1 - t0
         ks = []
         for c, row in zip(tableau.c, tableau.a):
-            ks.append(counter.drift(_combine(x, h, row, ks), as_time(t0 + float(c) * h, x)))
+            ks.append(counter.drift(_combine(x, h, row, ks), as_time(_stage_time(t0, t1, float(c)), x)))
         return _combine(x, h, tableau.b, ks)
 
     return run_fixed_grid(x, ts, save_at, counter.nfe, step)
@@ -128,6 +136,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     the span, so the field is never evaluated outside ``[t0, t1]``.
     """
     _check_tolerances(rtol, atol, max_steps)
+    _check_controller(safety, min_factor, max_factor, pi_beta)
     if first_step is not None and not (math.isfinite(float(first_step)) and float(first_step) > 0):
         raise ValueError(f"first_step must be a finite number > 0 (its sign follows the span), got {first_step!r}")
     t0, t1 = float(span[0]), float(span[1])
@@ -156,7 +165,8 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     nonfinite_last = torch.zeros(n, dtype=torch.bool, device=dev)
     failed = torch.zeros(n, dtype=torch.bool, device=dev)
     save_ptr = torch.zeros(n, dtype=torch.long, device=dev)
-    saved = torch.empty((len(targets), *x.shape), dtype=x.dtype, device=dev) if targets else None
+    # a save time never reached (max_steps, a stopped sample) stays NaN, never stale memory
+    saved = torch.full((len(targets), *x.shape), float("nan"), dtype=x.dtype, device=dev) if targets else None
     if targets:
         hit0 = torch.tensor([abs(v - t0) == 0 for v in targets], device=dev)
         if bool(hit0.any()):
@@ -176,11 +186,11 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
         if targets:
             nxt = torch.as_tensor(targets, dtype=torch.float64, device=dev)[save_ptr[idx].clamp(max=len(targets) - 1)]
             to_target = (nxt - ta) * direction
-            clip = (save_ptr[idx] < len(targets)) & (to_target > 0) & (to_target < ha)
+            clip = (save_ptr[idx] < len(targets)) & (to_target > 0) & (to_target <= ha)
             ha = torch.where(clip, to_target, ha)
             t_next = torch.where(clip, nxt, t_next)  # land exactly on the save time
         tiny = 64 * torch.finfo(torch.float64).eps * torch.maximum(ta.abs(), torch.full_like(ta, span_len))
-        under = ha < tiny
+        under = h[idx] < tiny  # a step clipped short by the end or a save time is not underflow
         if bool(under.any()):
             # those samples stop where they are; the others go on
             bad = int(idx[under][0])
@@ -216,7 +226,9 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
         factor = torch.where(ok, factor.clamp(min_factor, max_factor),
                              (safety * torch.exp(-log_e / q)).clamp(min_factor, 1.0))
         factor = torch.where(torch.isfinite(factor), factor, torch.full_like(factor, min_factor))
-        h_new = ha * factor
+        # an accepted step cut short by the end or a save time says little about the step the
+        # controller wanted: keep that one rather than scaling the clipped one
+        h_new = torch.where(ok & (ha < h[idx]), h[idx], ha * factor)
         if shared_step:
             h_new = h_new.min().expand_as(h_new)
         acc_idx = idx[ok]
@@ -231,9 +243,8 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
             if targets:
                 tgt = torch.as_tensor(targets, dtype=torch.float64, device=dev)
                 for j in acc_idx.tolist():
-                    p = int(save_ptr[j])
-                    if p < len(targets) and float(t[j]) == float(tgt[p]):
-                        saved[p, j] = x[j]
+                    while int(save_ptr[j]) < len(targets) and float(t[j]) == float(tgt[int(save_ptr[j])]):
+                        saved[int(save_ptr[j]), j] = x[j]
                         save_ptr[j] += 1
             done[acc_idx] = (t[acc_idx] - t1) * direction >= 0
         h[idx] = h_new
@@ -252,6 +263,17 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
                     extras={"failed": failed})
 
 
+def _check_controller(safety, min_factor, max_factor, pi_beta):
+    if not (math.isfinite(safety) and 0 < safety <= 1):
+        raise ValueError(f"safety must lie in (0, 1], got {safety!r}")
+    if not (math.isfinite(min_factor) and 0 < min_factor < 1):
+        raise ValueError(f"min_factor must lie in (0, 1), got {min_factor!r}")
+    if not (math.isfinite(max_factor) and max_factor > 1):
+        raise ValueError(f"max_factor must be a finite number > 1, got {max_factor!r}")
+    if len(tuple(pi_beta)) != 2 or not all(math.isfinite(b) and b >= 0 for b in pi_beta) or pi_beta[0] <= 0:
+        raise ValueError(f"pi_beta must be (b1 > 0, b2 >= 0), finite, got {pi_beta!r}")
+
+
 def _check_tolerances(rtol, atol, max_steps):
     if not (rtol > 0 and atol >= 0):
         raise ValueError(f"rtol must be > 0 and atol >= 0, got rtol={rtol!r}, atol={atol!r}")
@@ -267,6 +289,11 @@ def _adaptive_save_times(save_at, t0, t1):
     lo, hi = min(t0, t1), max(t0, t1)
     if any(not lo <= v <= hi for v in vals):
         raise ValueError(f"save_at times must lie in the span [{lo!r}, {hi!r}], got {vals!r}")
+    # a time within rounding of an end is that end (a step cannot land between them)
+    tol = 64 * torch.finfo(torch.float64).eps * max(abs(t0), abs(t1), hi - lo)
+    vals = [t1 if abs(v - t1) <= tol else t0 if abs(v - t0) <= tol else v for v in vals]
+    if len(set(vals)) != len(vals):
+        raise ValueError(f"save_at times must be distinct (after rounding to the span's ends), got {vals!r}")
     return sorted(vals, reverse=t1 < t0)
 
 

@@ -275,14 +275,18 @@ def pc(flow, x, ts, *, noise, save_at=None, predictor: str | None = "reverse_dif
             info = get_solver(predictor)
         except ValueError:
             info = None
-        if info is None or info.kind != "ode" or info.adaptive:
-            raise ValueError(f"predictor must be one of {list(_SDE_PREDICTORS)}, a registered fixed-step ODE solver "
-                             f"(a probability-flow predictor, e.g. 'euler', 'heun') or None; got {predictor!r}")
+        if info is None or info.kind != "ode" or info.adaptive or info.name in _MULTISTEP:
+            raise ValueError(f"predictor must be one of {list(_SDE_PREDICTORS)}, a registered single-step fixed-step "
+                             f"ODE solver (a probability-flow predictor, e.g. 'euler', 'heun'; multistep ones would "
+                             f"restart every step) or None; got {predictor!r}")
         pred_nfe = info.nfe_per_step
         ode = ProbabilityFlowODE(process, field)
 
         def predict(xx, t0, t1):
-            sol = info.fn(ode, xx.clone(), torch.tensor([t0, t1], dtype=torch.float64), **popts)
+            try:
+                sol = info.fn(ode, xx.clone(), torch.tensor([t0, t1], dtype=torch.float64), **popts)
+            except TypeError as err:
+                raise ValueError(f"predictor_options do not fit predictor {predictor!r}: {err}") from None
             counter.tick(k=sol.nfe)
             if not sol.success:
                 return torch.full_like(xx, float("nan"))
@@ -343,8 +347,10 @@ def edm_stochastic(flow, x, ts, *, noise, save_at=None, S_churn: float = 40.0, S
     else 0; ``sigma_hat = sigma_i (1 + gamma)`` (clipped to sigma_max, the field is never
     evaluated outside the span); ``x̂_hat = x̂ + sqrt(sigma_hat^2 - sigma_i^2) S_noise z``;
     Heun step of ``dx̂/dsigma = (x̂ - D)/sigma`` from sigma_hat to sigma_{i+1} (Euler on the last
-    step). For the EDM process this is Alg. 2 verbatim (ending at sigma_min, not 0); any
-    Gaussian-kernel process is the same ODE in (x̂, sigma). 2 NFE per step, 1 on the last.
+    step, which saves an evaluation; Alg. 2 uses Euler only on a step to sigma = 0, so on a grid
+    ending at sigma_min > 0 this last step differs from Alg. 2, and ``denoise_final`` adds the
+    step to 0). Any Gaussian-kernel process is the same ODE in (x̂, sigma). 2 NFE per step, 1 on
+    the last.
     """
     process, field = _require_gaussian(flow, "edm_stochastic")
     ts = _check_grid(ts, "edm_stochastic")
@@ -469,7 +475,7 @@ def adaptive_sde(flow, x, ts, *, noise, rtol: float = 1e-2, atol: float = 1e-2, 
     accepted = torch.zeros_like(steps)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     save_ptr = torch.zeros(n, dtype=torch.long, device=dev)
-    saved = torch.empty((len(targets), *x.shape), dtype=x.dtype, device=dev) if targets else None
+    saved = torch.full((len(targets), *x.shape), float("nan"), dtype=x.dtype, device=dev) if targets else None
     if targets and targets[0] == t0:
         saved[0] = x
         save_ptr += 1
@@ -497,11 +503,11 @@ def adaptive_sde(flow, x, ts, *, noise, rtol: float = 1e-2, atol: float = 1e-2, 
         t_next = torch.where(h[idx] >= remaining, torch.full_like(ta, t1), ta - ha)
         if targets:
             nxt = tgt[save_ptr[idx].clamp(max=len(targets) - 1)]
-            clip = (save_ptr[idx] < len(targets)) & (ta - nxt > 0) & (ta - nxt < ha)
+            clip = (save_ptr[idx] < len(targets)) & (ta - nxt > 0) & (ta - nxt <= ha)
             ha = torch.where(clip, ta - nxt, ha)
             t_next = torch.where(clip, nxt, t_next)
         tiny = 64 * torch.finfo(torch.float64).eps * torch.maximum(ta.abs(), torch.full_like(ta, span))
-        under = ha < tiny
+        under = h[idx] < tiny  # a step clipped short by the end or a save time is not underflow
         if bool(under.any()):
             bad = int(idx[under][0])
             fail(idx[under], UNDERFLOW, f"step size underflow (h={float(h[bad]):.3g}) for sample {bad} at "
@@ -545,11 +551,11 @@ def adaptive_sde(flow, x, ts, *, noise, rtol: float = 1e-2, atol: float = 1e-2, 
         # ulp, which would make a sample's step sizes depend on how many samples are still active
         factor = safety * torch.exp(-exponent * torch.log(err.clamp_min(1e-12)))
         factor = torch.where(torch.isfinite(factor) & (factor > 0), factor, torch.full_like(factor, 0.2))
-        h[idx] = ha * factor
+        h[idx] = torch.where(ok & (ha < h[idx]), h[idx], ha * factor)  # a clipped step keeps the wanted size
         if error_control == "independent" and bool(ok.any()):
             # the decision used the first draw only; an accepted step takes the independent second draw
             x_em, x_heun = pair(zs_all[idx])
-            counter.tick(idx[ok])
+            counter.tick(idx)  # pair() evaluated every active row, rejected ones too
             bad_step = ok & ~(_finite_rows(x_heun) & _finite_rows(x_em))
             if bool(bad_step.any()):
                 bad = int(idx[bad_step][0])
@@ -564,9 +570,8 @@ def adaptive_sde(flow, x, ts, *, noise, rtol: float = 1e-2, atol: float = 1e-2, 
             accepted[acc] += 1
             if targets:
                 for j in acc.tolist():
-                    p = int(save_ptr[j])
-                    if p < len(targets) and float(t[j]) == float(tgt[p]):
-                        saved[p, j] = x[j]
+                    while int(save_ptr[j]) < len(targets) and float(t[j]) == float(tgt[int(save_ptr[j])]):
+                        saved[int(save_ptr[j]), j] = x[j]
                         save_ptr[j] += 1
             done[acc] = t[acc] <= t1
     status, message = SUCCESS, ""
@@ -597,9 +602,21 @@ register_solver("reverse_diffusion", reverse_diffusion, kind="sde", order=1.0, n
 register_solver("ancestral", ancestral, kind="sde", order=1.0, nfe_per_step=1, process_aware=True,
                 description="ancestral sampling from the chain's posterior q(x_{i+1}|x_i, D) (DDPM/SMLD); "
                             "eta=0 is DDIM")
+_MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "unipc")
+
+
 def _pc_cost(options: dict) -> int:
     predictor = options.get("predictor", "reverse_diffusion")
-    pred = 0 if predictor is None else (1 if predictor in _SDE_PREDICTORS else get_solver(predictor).nfe_per_step)
+    if predictor is None:
+        pred = 0
+    elif predictor in _SDE_PREDICTORS:
+        pred = 1
+    else:
+        try:
+            pred = get_solver(predictor).nfe_per_step
+        except ValueError:
+            raise ValueError(f"predictor must be one of {list(_SDE_PREDICTORS)}, a registered fixed-step ODE "
+                             f"solver or None; got {predictor!r}") from None
     corr = int(options.get("n_corrector_steps", 1)) if options.get("corrector", "langevin") is not None else 0
     return max(1, pred + corr)
 
