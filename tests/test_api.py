@@ -78,6 +78,8 @@ def test_nfe_budget_is_never_exceeded(solver, denoise_final):
 def test_nfe_below_one_step_is_refused(solver):
     proc, field = edm()
     per = SOLVERS[solver]["nfe_per_step"]
+    if fs.solvers.base.get_solver(solver).steps_for_budget is not None:
+        per = 1  # e.g. edm_stochastic: a single (last, Euler) step costs one evaluation
     if per > 1:
         with pytest.raises(ValueError, match="nfe"):
             fs.sample(proc, field, 2, solver, nfe=per - 1)
@@ -569,3 +571,11 @@ def test_pc_predictor_errors_name_the_argument():
         fs.sample(proc, field, 2, "pc", steps=3, predictor="dpmpp_2m")
     with pytest.raises(ValueError, match="predictor_options"):
         fs.sample(proc, field, 2, "pc", steps=3, predictor="heun", predictor_options={"bogus": 1})
+
+
+@pytest.mark.parametrize("nfe", [3, 10, 19, 20])
+def test_edm_stochastic_budget_uses_its_cheaper_last_step(nfe):
+    proc = fs.EDM()
+    field = fs.exact_field(proc, fs.toy.Gaussian([0.5, -0.5], [0.3, 0.8]))
+    sol = fs.sample(proc, field, 3, "edm_stochastic", nfe=nfe, dtype=F64)
+    assert int(sol.nfe.max()) <= nfe and int(sol.nfe.max()) >= nfe - 1  # N steps cost 2N - 1

@@ -125,7 +125,7 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
         if nfe is not None:
             nfe = check_int("nfe", nfe, 1)
             per_step = info.nfe_per_step_for(options)
-            steps = (nfe - extra) // per_step
+            steps = info.max_steps_within(nfe - extra, options)
             if steps < 1:
                 raise ValueError(f"nfe={nfe} is below one step of {solver!r} ({per_step} NFE per step"
                                  f"{' + 1 for the final denoising' if extra else ''})")

@@ -63,10 +63,17 @@ class SolverInfo:
     process_aware: bool = False
     description: str = ""
     cost: Callable | None = None  # options -> NFE per step, when the options change it
+    steps_for_budget: Callable | None = None  # (nfe, options) -> steps, when the cost is not per-step uniform
 
     def nfe_per_step_for(self, options: dict) -> int:
         """NFE per step with these solver options (``nfe_per_step`` unless ``cost`` says otherwise)."""
         return int(self.cost(options)) if self.cost is not None else self.nfe_per_step
+
+    def max_steps_within(self, nfe: int, options: dict) -> int:
+        """The most steps whose evaluations fit in ``nfe``."""
+        if self.steps_for_budget is not None:
+            return int(self.steps_for_budget(nfe, options))
+        return nfe // self.nfe_per_step_for(options)
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "order": self.order, "nfe_per_step": self.nfe_per_step,
@@ -78,11 +85,13 @@ _REGISTRY: dict[str, SolverInfo] = {}
 
 def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per_step: int, adaptive: bool = False,
                     process_aware: bool = False, description: str = "", overwrite: bool = False,
-                    cost: Callable | None = None) -> SolverInfo:
+                    cost: Callable | None = None, steps_for_budget: Callable | None = None) -> SolverInfo:
     """Make ``fn`` available as ``solver=name`` in :func:`solve` and :func:`sample`.
 
     ``nfe_per_step`` is the cost with default options; ``cost(options) -> int`` gives it for
-    other options (e.g. more corrector steps), so ``sample(nfe=...)`` stays within budget."""
+    other options (e.g. more corrector steps), so ``sample(nfe=...)`` stays within budget;
+    ``steps_for_budget(nfe, options) -> steps`` when steps do not all cost the same (e.g. a
+    cheaper last step)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not overwrite:
@@ -93,7 +102,7 @@ def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per
     if cost is not None and not callable(cost):
         raise ValueError(f"cost must be a callable options -> NFE per step, got {type(cost).__name__}")
     info = SolverInfo(name, fn, kind, float(order), int(nfe_per_step), bool(adaptive), bool(process_aware), description,
-                      cost)
+                      cost, steps_for_budget)
     _REGISTRY[name] = info
     return info
 

@@ -629,6 +629,7 @@ register_solver("annealed_langevin", annealed_langevin, kind="sde", order=1.0, n
                 description="NCSN annealed Langevin dynamics, n_steps_each (default 100) steps per noise level; "
                             "bias O(eps), not a time discretisation")
 register_solver("edm_stochastic", edm_stochastic, kind="sde", order=2.0, nfe_per_step=2, process_aware=True,
+                steps_for_budget=lambda nfe, options: (nfe + 1) // 2,  # N steps cost 2N - 1 (Euler last)
                 description="EDM Algorithm 2 (churn S_churn/S_tmin/S_tmax/S_noise, Heun in sigma, Euler last step), "
                             "weak order 2")
 register_solver("dpmpp_2m_sde", dpmpp_2m_sde, kind="sde", order=1.0, nfe_per_step=1, process_aware=True,
