@@ -39,8 +39,7 @@ import math
 import numpy as np
 import torch
 
-from .base import NONFINITE, SUCCESS, Solution, register_solver
-from .base import save_indices
+from .base import Solution, register_solver, run_fixed_grid
 
 # Multistep solvers use lower orders at the end only for fewer steps than this (as in the
 # reference DPM-Solver code, ``lower_order_final and steps < 10``).
@@ -93,13 +92,8 @@ class _Run:
         self.sigma = process.sigma(ts).tolist()
         self.lam = [-math.log(v) for v in self.sigma]
         self.n_steps = len(self.t) - 1
-        n = x.shape[0]
-        self.nfe = torch.zeros(n, dtype=torch.long, device=x.device)
-        self.keep = save_indices(save_at, ts)
-        self.saved = [x] if self.keep is not None and 0 in self.keep else []
-        self.x = x
-        self.steps_done = 0
-        self.status, self.message, self.t_reached = SUCCESS, "", self.t[-1]
+        self.nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.x, self.save_at, self.orders = x, save_at, None
 
     # field evaluations, counted per sample
     def denoise(self, x, t: float) -> torch.Tensor:
@@ -117,29 +111,15 @@ class _Run:
         t = float(self.process.t_of_sigma(torch.tensor(sig, dtype=torch.float64)))
         return t, float(self.process.scale(t)), sig
 
-    def accept(self, i: int, x_new: torch.Tensor) -> bool:
-        """Take ``x_new`` as the state at ``t[i+1]``; on non-finite values record the fault
-        and return False (the last finite state is kept)."""
-        if not bool(torch.isfinite(x_new).all()):
-            self.status, self.t_reached = NONFINITE, self.t[i]
-            self.message = (f"non-finite field or state in step {i} from t={self.t[i]!r} to t={self.t[i + 1]!r} "
-                            f"({self.solver})")
-            return False
-        self.x = x_new
-        self.steps_done += 1
-        if self.keep is not None and (i + 1) in self.keep:
-            self.saved.append(x_new)
-        return True
+    def linear_terms(self, i: int):
+        """``s_{i+1}``, ``sigma^dpm_{i+1} / sigma^dpm_i`` and ``h = lambda_{i+1} - lambda_i`` of step i."""
+        ratio = (self.s[i + 1] * self.sigma[i + 1]) / (self.s[i] * self.sigma[i])
+        return self.s[i + 1], ratio, self.lam[i + 1] - self.lam[i]
 
-    def solution(self) -> Solution:
-        x, n = self.x, self.x.shape[0]
-        steps = torch.full((n,), self.steps_done, dtype=torch.long, device=x.device)
-        keep = self.keep
-        return Solution(x=x, t=torch.full((n,), self.t_reached, dtype=torch.float64, device=x.device), nfe=self.nfe,
-                        n_steps=steps, n_accepted=steps.clone(), n_rejected=torch.zeros_like(steps),
-                        status=self.status, message=self.message, ts=self.ts[keep] if keep is not None else None,
-                        xs=torch.stack(self.saved) if keep is not None and self.saved else None,
-                        extras={"orders": getattr(self, "orders", None)})
+    def run(self, step) -> Solution:
+        """The shared fixed-grid loop (finiteness checks, saving, the Solution) over ``step``."""
+        return run_fixed_grid(self.x, self.ts, self.save_at, self.nfe, lambda i, x, t0, t1: step(i, x),
+                              extras={"orders": self.orders})
 
 
 def _multistep_order(i: int, n_steps: int, order: int, lower_order_final: bool) -> int:
@@ -157,8 +137,8 @@ def _dpm_solver(order: int, flow, x, ts, save_at):
     run = _Run(f"dpm_solver_{order}", flow, x, ts, save_at)
     r1, r2 = (0.5, None) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
     run.orders = [order] * run.n_steps
-    for i in range(run.n_steps):
-        x = run.x
+
+    def step(i, x):
         t_s = run.t[i]
         s_s, s_t = run.s[i], run.s[i + 1]
         sd_t = s_t * run.sigma[i + 1]  # sigma^dpm_t
@@ -181,9 +161,9 @@ def _dpm_solver(order: int, flow, x, ts, save_at):
                       - (r2 / r1) * (sd2 * r2 * h * phi(2, r2 * h)) * (e_1 - e_s))
                 e_2 = run.eps(x2, t2)
                 x_new = base - c1 * e_s - (1.0 / r2) * (sd_t * h * phi(2, h)) * (e_2 - e_s)
-        if not run.accept(i, x_new):
-            break
-    return run.solution()
+        return x_new
+
+    return run.run(step)
 
 
 def dpm_solver_1(flow, x, ts, *, save_at=None):
@@ -207,13 +187,14 @@ def _dpmpp_multistep(order: int, flow, x, ts, save_at, lower_order_final: bool):
     run = _Run(f"dpmpp_{order}m", flow, x, ts, save_at)
     run.orders = [_multistep_order(i, run.n_steps, order, lower_order_final) for i in range(run.n_steps)]
     hist_lam, hist_m = [], []  # most recent last
-    m = run.denoise(run.x, run.t[0])
-    for i in range(run.n_steps):
-        x = run.x
-        hist_lam, hist_m = (hist_lam + [run.lam[i]])[-order:], (hist_m + [m])[-order:]
+
+    def step(i, x):
+        # one evaluation per step, at its start (none at the final time)
+        hist_lam.append(run.lam[i])
+        hist_m.append(run.denoise(x, run.t[i]))
+        del hist_lam[:-order], hist_m[:-order]
         k = run.orders[i]
-        s_t, sd_ratio = run.s[i + 1], (run.s[i + 1] * run.sigma[i + 1]) / (run.s[i] * run.sigma[i])
-        h = run.lam[i + 1] - run.lam[i]
+        s_t, sd_ratio, h = run.linear_terms(i)
         p1 = -h * phi(1, -h)  # e^{-h} - 1
         m0 = hist_m[-1]
         x_new = sd_ratio * x - (s_t * p1) * m0
@@ -232,11 +213,9 @@ def _dpmpp_multistep(order: int, flow, x, ts, save_at, lower_order_final: bool):
                 # d2 = h^2 f[l0, l1, l2] = h^2 D''/2, so the quadratic term carries 2 p3 (the
                 # reference codes use p3, which leaves an O(h^3) local error: order 2)
                 x_new = x_new + (s_t * p2) * d1 - (2.0 * s_t * p3) * d2
-        if not run.accept(i, x_new):
-            break
-        if i + 1 < run.n_steps:  # no evaluation at the final time
-            m = run.denoise(run.x, run.t[i + 1])
-    return run.solution()
+        return x_new
+
+    return run.run(step)
 
 
 def dpmpp_2m(flow, x, ts, *, save_at=None, lower_order_final: bool = True):
@@ -276,13 +255,14 @@ def _unipc(flow, x, ts, save_at, lower_order_final: bool, order: int = 2):
     run = _Run("unipc", flow, x, ts, save_at)
     run.orders = [_multistep_order(i, run.n_steps, order, lower_order_final) for i in range(run.n_steps)]
     hist_lam, hist_m = [], []
-    m = run.denoise(run.x, run.t[0])
-    for i in range(run.n_steps):
-        x = run.x
-        hist_lam, hist_m = (hist_lam + [run.lam[i]])[-order:], (hist_m + [m])[-order:]
+    m = [run.denoise(run.x, run.t[0])]  # the evaluation at the current point (boxed for the closure)
+
+    def step(i, x):
+        hist_lam.append(run.lam[i])
+        hist_m.append(m[0])
+        del hist_lam[:-order], hist_m[:-order]
         k = run.orders[i]
-        s_t, sd_ratio = run.s[i + 1], (run.s[i + 1] * run.sigma[i + 1]) / (run.s[i] * run.sigma[i])
-        h = run.lam[i + 1] - run.lam[i]
+        s_t, sd_ratio, h = run.linear_terms(i)
         hh = -h  # data prediction
         m0 = hist_m[-1]
         rks = [(hist_lam[-1 - j] - hist_lam[-1]) / h for j in range(1, k)]
@@ -294,14 +274,14 @@ def _unipc(flow, x, ts, save_at, lower_order_final: bool, order: int = 2):
             x_new = x_new - (s_t * b_h * float(rho)) * d
         last = i + 1 == run.n_steps
         if not last:  # corrector UniC, with the evaluation the next step reuses
-            m = run.denoise(x_new, run.t[i + 1])
-            corr = (float(rho_c[-1]) * (m - m0))
+            m[0] = run.denoise(x_new, run.t[i + 1])
+            corr = (float(rho_c[-1]) * (m[0] - m0))
             for rho, d in zip(rho_c[:-1], d1s):
                 corr = corr + float(rho) * d
             x_new = x_lin - (s_t * b_h) * corr
-        if not run.accept(i, x_new):
-            break
-    return run.solution()
+        return x_new
+
+    return run.run(step)
 
 
 def unipc(flow, x, ts, *, save_at=None, lower_order_final: bool = True):
