@@ -167,6 +167,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
     save_ptr = torch.zeros(n, dtype=torch.long, device=dev)
     # a save time never reached (max_steps, a stopped sample) stays NaN, never stale memory
     saved = torch.full((len(targets), *x.shape), float("nan"), dtype=x.dtype, device=dev) if targets else None
+    tgt = torch.as_tensor(targets, dtype=torch.float64, device=dev) if targets else None
     if targets:
         hit0 = torch.tensor([abs(v - t0) == 0 for v in targets], device=dev)
         if bool(hit0.any()):
@@ -184,7 +185,7 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
         ha = torch.minimum(h[idx], remaining)
         t_next = torch.where(h[idx] >= remaining, torch.full_like(ta, t1), ta + ha * direction)
         if targets:
-            nxt = torch.as_tensor(targets, dtype=torch.float64, device=dev)[save_ptr[idx].clamp(max=len(targets) - 1)]
+            nxt = tgt[save_ptr[idx].clamp(max=len(targets) - 1)]
             to_target = (nxt - ta) * direction
             clip = (save_ptr[idx] < len(targets)) & (to_target > 0) & (to_target <= ha)
             ha = torch.where(clip, to_target, ha)
@@ -241,15 +242,12 @@ def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: f
             accepted[acc_idx] += 1
             err_prev[acc_idx] = torch.exp(log_e[ok])
             if targets:
-                tgt = torch.as_tensor(targets, dtype=torch.float64, device=dev)
                 for j in acc_idx.tolist():
                     while int(save_ptr[j]) < len(targets) and float(t[j]) == float(tgt[int(save_ptr[j])]):
                         saved[int(save_ptr[j]), j] = x[j]
                         save_ptr[j] += 1
             done[acc_idx] = (t[acc_idx] - t1) * direction >= 0
         h[idx] = h_new
-        if shared_step:
-            h[:] = h_new.min()
     if status == UNDERFLOW:
         message += f" ({int(failed.sum())} sample(s) stopped by underflow; the others ran on)"
     if status == SUCCESS and not bool(done.all()):
