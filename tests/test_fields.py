@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import flowsolve as fs
+from flowsolve.toy.exact import EmpiricalField, ExactField, MixtureField, exact_field
 from reference import student_t_mixture_posterior
 
 GAUSSIAN_PROCESSES = [fs.VE(), fs.VP(), fs.SubVP(), fs.EDM()]
@@ -33,7 +34,7 @@ def _points(process, n=6, seed=0):
 @pytest.mark.parametrize("process", GAUSSIAN_PROCESSES + [fs.PFGMPP(D=6.0), fs.Poisson()], ids=repr)
 @pytest.mark.parametrize("name", list(DATA))
 def test_score_is_gradient_of_noised_log_density(process, name):
-    field = fs.exact_field(process, DATA[name])
+    field = exact_field(process, DATA[name])
     x, ts = _points(process)
     xt = (x * process.scale(ts).unsqueeze(-1)).requires_grad_(True)
     (grad,) = torch.autograd.grad(field.log_prob(xt, ts).sum(), xt)
@@ -44,7 +45,7 @@ def test_score_is_gradient_of_noised_log_density(process, name):
 def test_gaussian_data_log_prob_is_closed_form(process):
     """x_t ~ N(s mu, s^2 (Sigma + sigma^2 I)) for Gaussian data and kernel."""
     data = DATA["gaussian"]
-    field = fs.exact_field(process, data)
+    field = exact_field(process, data)
     x, ts = _points(process)
     s, sig = process.scale(ts).numpy(), process.sigma(ts).numpy()
     ref = [stats.multivariate_normal(s[i] * data.means[0].numpy(),
@@ -55,7 +56,7 @@ def test_gaussian_data_log_prob_is_closed_form(process):
 
 @pytest.mark.parametrize("process", GAUSSIAN_PROCESSES, ids=repr)
 def test_eps_score_denoiser_conversions(process):
-    field = fs.exact_field(process, DATA["mixture"])
+    field = exact_field(process, DATA["mixture"])
     x, ts = _points(process)
     s, sig = process.scale(ts).unsqueeze(-1), process.sigma(ts).unsqueeze(-1)
     d = field.denoiser(x, ts)
@@ -79,7 +80,7 @@ def test_denoiser_matches_monte_carlo(process):
     """Monte Carlo check with a 6-standard-error bound (two-sided miss probability < 2e-9 per
     coordinate under the normal approximation; seeded, so the run is deterministic)."""
     data = DATA["mixture"]
-    field = fs.exact_field(process, data)
+    field = exact_field(process, data)
     gen = torch.Generator().manual_seed(7)
     for frac, x in [(0.3, [0.5, 0.2]), (0.05, [2.0, -1.0]), (0.6, [-3.0, 4.0])]:
         t = process.t_min + frac * (process.t_max - process.t_min)
@@ -100,7 +101,7 @@ REFERENCE_CASES = [
 def test_pfgmpp_mixture_quadrature_is_accurate(D, sigma, x):
     """1e-6 relative against a brute-force dense Simpson rule over log u (no mode finding)."""
     data = DATA["mixture"]
-    field = fs.exact_field(fs.PFGMPP(D=D), data)
+    field = exact_field(fs.PFGMPP(D=D), data)
     xt = torch.tensor([x], dtype=torch.float64)
     log_p, den = student_t_mixture_posterior(x, data.means, data.covs, data.weights, sigma, D)
     assert abs(float(field.log_prob(xt, sigma)[0]) - log_p) < 1e-6
@@ -111,8 +112,8 @@ def test_pfgmpp_mixture_quadrature_is_accurate(D, sigma, x):
 def test_pfgmpp_mixture_tends_to_empirical_as_covariance_vanishes():
     means = torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
     proc = fs.PFGMPP(D=3.0)
-    sharp = fs.exact_field(proc, fs.toy.GaussianMixture(means, 1e-5, [0.4, 0.6]))
-    points = fs.exact_field(proc, fs.toy.Empirical(means, [0.4, 0.6]))
+    sharp = exact_field(proc, fs.toy.GaussianMixture(means, 1e-5, [0.4, 0.6]))
+    points = exact_field(proc, fs.toy.Empirical(means, [0.4, 0.6]))
     x = torch.tensor([[0.5, 0.5], [3.0, 3.0], [-10.0, 2.0]], dtype=torch.float64)
     for sigma in [0.3, 2.0, 40.0]:
         torch.testing.assert_close(sharp.denoiser(x, sigma), points.denoiser(x, sigma), rtol=1e-6, atol=1e-7)
@@ -123,7 +124,7 @@ def test_empirical_pfgmpp_weights_are_the_poisson_kernel():
     """w_i ∝ p(y_i) (||x - y_i||^2 + r^2)^(-(N+D)/2) (DESIGN §2), computed with NumPy."""
     data = DATA["empirical"]
     D, sigma = 5.0, 0.8
-    field = fs.exact_field(fs.PFGMPP(D=D), data)
+    field = exact_field(fs.PFGMPP(D=D), data)
     x = np.array([[0.4, -0.2]])[0]
     y, p = data.points.numpy(), data.weights.numpy()
     w = p * (((x - y) ** 2).sum(1) + sigma**2 * D) ** (-(2 + D) / 2)
@@ -136,12 +137,12 @@ def test_d_to_infinity_limit_with_correct_sign(name):
     """PFGM++ -> EDM as D -> inf at fixed sigma: the ODE drift error shrinks like 1/D, and
     sqrt(D) E_x/E_r -> -sigma grad log p_sigma (the seed's statement drops the minus)."""
     data = DATA[name]
-    edm = fs.exact_field(fs.EDM(), data)
+    edm = exact_field(fs.EDM(), data)
     x = torch.tensor([[0.4, -0.2], [3.0, 1.0], [-2.0, 2.5]], dtype=torch.float64)
     sigma = 0.7
     errors = []
     for D in [1e6, 1e7, 1e8]:
-        pf = fs.exact_field(fs.PFGMPP(D=D), data)
+        pf = exact_field(fs.PFGMPP(D=D), data)
         errors.append(float((pf.velocity(x, sigma) - edm.velocity(x, sigma)).abs().max()))
         signed = math.sqrt(D) * pf.poisson_field(x, sigma)
         target = -sigma * edm.score(x, sigma)
@@ -155,7 +156,7 @@ def test_d_to_infinity_limit_with_correct_sign(name):
 def test_huge_D_quadrature_matches_gaussian_kernel():
     data = DATA["mixture"]
     x = torch.tensor([[0.4, -0.2], [3.0, 1.0], [30.0, -9.0]], dtype=torch.float64)
-    pf, edm = fs.exact_field(fs.PFGMPP(D=1e9), data), fs.exact_field(fs.EDM(), data)
+    pf, edm = exact_field(fs.PFGMPP(D=1e9), data), exact_field(fs.EDM(), data)
     for sigma in [0.002, 0.7, 80.0]:
         torch.testing.assert_close(pf.denoiser(x, sigma), edm.denoiser(x, sigma), rtol=1e-6, atol=1e-6)
 
@@ -163,7 +164,7 @@ def test_huge_D_quadrature_matches_gaussian_kernel():
 @pytest.mark.parametrize("process", [fs.EDM(), fs.VP(), fs.PFGMPP(D=128.0), fs.Poisson()], ids=repr)
 @pytest.mark.parametrize("name", ["ring", "empirical"])
 def test_float32_is_safe_at_extreme_noise(process, name):
-    field = fs.exact_field(process, DATA[name])
+    field = exact_field(process, DATA[name])
     gen = torch.Generator().manual_seed(0)
     for t in [process.t_min, process.t_max]:
         x64 = process.perturb(DATA[name].sample(64, generator=gen, dtype=torch.float64), t, generator=gen)
@@ -177,7 +178,7 @@ def test_float32_is_safe_at_extreme_noise(process, name):
 @given(frac=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
 def test_batched_times_equal_per_sample_calls(frac, seed):
     process, data = fs.VP(), DATA["mixture"]
-    field = fs.exact_field(process, data)
+    field = exact_field(process, data)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(3, 2, generator=gen, dtype=torch.float64)
     ts = process.t_min + (process.t_max - process.t_min) * torch.tensor([frac, frac / 2, 1 - frac], dtype=torch.float64)
@@ -192,7 +193,7 @@ def test_pfgmpp_quadrature_property(log_D, log_sigma, dim, seed, log_scale):
     """Random mixtures, D, sigma and points from near the data to far out in the tails."""
     D, sigma = math.exp(log_D), math.exp(log_sigma)
     data = fs.toy.random_mixture(dim, 2, seed=seed)
-    field = fs.exact_field(fs.PFGMPP(D=D), data)
+    field = exact_field(fs.PFGMPP(D=D), data)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(1, dim, generator=gen, dtype=torch.float64) * math.exp(log_scale)
     log_p, den = student_t_mixture_posterior(x[0].numpy(), data.means, data.covs, data.weights, sigma, D,
@@ -200,3 +201,16 @@ def test_pfgmpp_quadrature_property(log_D, log_sigma, dim, seed, log_scale):
     assert abs(float(field.log_prob(x, sigma)[0]) - log_p) < 1e-6 * max(1.0, abs(log_p))
     err = float((field.denoiser(x, sigma)[0] - torch.tensor(den)).norm())
     assert err < 1e-6 * max(1.0, float(np.linalg.norm(den)))
+
+
+def test_exact_fields_live_in_toy_exact():
+    """The exact fields moved out of flowsolve.fields; the public names still reach them."""
+    import flowsolve.fields as fields
+
+    assert fs.exact_field is exact_field and fs.toy.exact_field is exact_field and fs.ExactField is ExactField
+    assert fields.exact_field is exact_field and fields.ExactField is ExactField  # compatibility re-export
+    assert isinstance(exact_field(fs.EDM(), DATA["mixture"]), MixtureField)
+    assert isinstance(exact_field(fs.EDM(), DATA["empirical"]), EmpiricalField)
+    assert "ExactField" not in vars(fields)  # not defined there any more
+    with pytest.raises(AttributeError):
+        fields.NoSuchField

@@ -156,7 +156,8 @@ def test_wrapper_round_trip_random_times(pname, kind, u, seed):
 @pytest.mark.parametrize("pname", ["VE", "VP", "SubVP", "EDM", "PFGMPP"])
 def test_native_quantity_returned_untouched(pname):
     """Asking a wrapper for the quantity it wraps returns fn's output exactly (even a
-    nonsensical one), and fn receives t as a tensor of shape x.shape[:-1] in x's dtype."""
+    nonsensical one), and fn receives t as a tensor of shape (n,) (dim 0 is the batch, the
+    rest one sample's event) in x's dtype."""
     process = make_process(pname)
     kinds = POISSON_KINDS if pname == "PFGMPP" else GAUSSIAN_KINDS
     x = torch.randn(5, 3, 2, dtype=torch.float32, generator=torch.Generator().manual_seed(1))
@@ -166,18 +167,23 @@ def test_native_quantity_returned_untouched(pname):
 
         def fn(xx, tt):
             seen["t"] = tt
-            return xx * 0.37 + 1.5 + tt.unsqueeze(-1)
+            return xx * 0.37 + 1.5 + tt[:, None, None]
 
         wrapped = getattr(Field, f"from_{kind}")(process, fn)
         out = getattr(wrapped, kind)(x, t)
         assert torch.equal(out, x * 0.37 + 1.5 + t)
         assert out.dtype == torch.float32
-        assert seen["t"].shape == (5, 3) and seen["t"].dtype == torch.float32
-        assert torch.equal(seen["t"], torch.full((5, 3), t, dtype=torch.float32))
-        # per-sample times arrive unchanged
-        tv = torch.linspace(process.t_min, process.t_max, 3, dtype=torch.float32).expand(5, 3)
+        assert seen["t"].shape == (5,) and seen["t"].dtype == torch.float32
+        assert torch.equal(seen["t"], torch.full((5,), t, dtype=torch.float32))
+        # per-sample times arrive unchanged (a float64 tensor is cast to x's dtype)
+        tv = torch.linspace(process.t_min, process.t_max, 5, dtype=torch.float32)
         getattr(wrapped, kind)(x, tv)
         assert torch.equal(seen["t"], tv)
+        getattr(wrapped, kind)(x, tv.double())
+        assert torch.equal(seen["t"], tv) and seen["t"].dtype == torch.float32
+        # a time per (sample, row) is not a time per sample
+        with pytest.raises(ValueError, match=r"\bt\b"):
+            getattr(wrapped, kind)(x, tv[:, None].expand(5, 3))
 
 
 @pytest.mark.parametrize("pname", ["PFGMPP", "Poisson"])

@@ -1,7 +1,10 @@
 """Analytic toy data laws: Gaussian, Gaussian mixture (full covariances), empirical points.
 
-Parameters are stored in float64 on the CPU; ``sample`` and ``log_prob`` return the
-caller's dtype/device. Exact denoisers for these laws live in :mod:`flowsolve.fields`.
+Parameters are stored in float64 on the CPU, flattened: ``N`` is the number of elements of
+one event. ``event_shape`` (default ``(N,)``) is the shape of one draw: ``sample`` returns
+``(n, *event_shape)``, ``log_prob`` takes ``(*batch, *event_shape)``, ``mean()`` has the event
+shape and ``covariance()`` is ``(N, N)`` over the flattened event. ``sample`` and ``log_prob``
+return the caller's dtype/device. Exact fields of these laws live in :mod:`flowsolve.toy.exact`.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ import math
 
 import torch
 
-from .._validation import check_dim, check_int
+from .._validation import check_int
+from ..fields import batch_shape, check_event_shape, compute_dtype
 
 _WEIGHT_TOL = 1e-6
 
@@ -48,15 +52,32 @@ def _check_n(n) -> int:
     return check_int("n", n, 0)
 
 
-class GaussianMixture:
+class _Law:
+    """Shape plumbing shared by the toy laws (``event_shape`` over a flat dimension ``dim``)."""
+
+    event_shape: tuple[int, ...]
+
+    def _set_event_shape(self, event_shape, dim: int) -> None:
+        self.event_shape = (dim,) if event_shape is None else check_event_shape("event_shape", event_shape, dim)
+
+    def _shaped(self, flat: torch.Tensor, dtype, device) -> torch.Tensor:
+        return flat.reshape(flat.shape[0], *self.event_shape).to(dtype=dtype or torch.get_default_dtype(),
+                                                                 device=device)
+
+    def _shape_repr(self) -> str:
+        return "" if self.event_shape == (self.dim,) else f", event_shape={self.event_shape}"
+
+
+class GaussianMixture(_Law):
     """``sum_k w_k N(mean_k, cov_k)``.
 
     ``covs_or_stds`` may be: a ``(K, N, N)`` stack of covariances (symmetric positive
     definite); a ``(K, N)`` array of per-coordinate standard deviations (diagonal); a ``(K,)``
-    array or a scalar of isotropic standard deviations.
+    array or a scalar of isotropic standard deviations. ``event_shape`` (default ``(N,)``, any
+    shape of ``N`` elements) is the shape of one draw; parameters index the flattened event.
     """
 
-    def __init__(self, means, covs_or_stds, weights=None):
+    def __init__(self, means, covs_or_stds, weights=None, event_shape=None):
         means = _as64("means", means)
         if means.ndim != 2:
             raise ValueError(f"means must have shape (K, N), got {tuple(means.shape)}")
@@ -92,6 +113,7 @@ class GaussianMixture:
             self.eigvecs = None  # diagonal: the eigenbasis is the coordinate basis
         self.means, self.covs, self.eigvals = means, cov, lam
         self.weights = _check_weights(weights, k)
+        self._set_event_shape(event_shape, n)
 
     @property
     def dim(self) -> int:
@@ -102,10 +124,12 @@ class GaussianMixture:
         return self.means.shape[0]
 
     def mean(self) -> torch.Tensor:
-        return (self.weights[:, None] * self.means).sum(0)
+        """The mean, of shape ``event_shape``."""
+        return (self.weights[:, None] * self.means).sum(0).reshape(self.event_shape)
 
     def covariance(self) -> torch.Tensor:
-        mu = self.mean()
+        """The ``(N, N)`` covariance of the flattened event."""
+        mu = self.mean().reshape(-1)
         d = self.means - mu
         return (self.weights[:, None, None] * (self.covs + d[:, :, None] * d[:, None, :])).sum(0)
 
@@ -118,27 +142,31 @@ class GaussianMixture:
             x = self.means[comp] + root * g
         else:
             x = self.means[comp] + torch.einsum("bij,bj->bi", self.eigvecs[comp], root * g)
-        return x.to(dtype=dtype or torch.get_default_dtype(), device=device)
+        return self._shaped(x, dtype, device)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Log density at ``x`` of shape ``(..., N)``."""
-        check_dim("x", x, self.dim)
-        mu = self.means.to(x)
-        lam = self.eigvals.to(x)
-        d = x.unsqueeze(-2) - mu
-        z = d if self.eigvecs is None else torch.einsum("...kn,knm->...km", d, self.eigvecs.to(x))
+        """Log density at ``x`` of shape ``(*batch, *event_shape)``; returns shape ``batch`` in x's
+        dtype (computed in at least float32)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        xc = x.reshape(*batch_shape("x", x, self.event_shape), self.dim).to(compute_dtype(x.dtype))
+        mu = self.means.to(xc)
+        lam = self.eigvals.to(xc)
+        d = xc.unsqueeze(-2) - mu
+        z = d if self.eigvecs is None else torch.einsum("...kn,knm->...km", d, self.eigvecs.to(xc))
         comp = -0.5 * ((z**2 / lam).sum(-1) + torch.log(lam).sum(-1) + self.dim * math.log(2 * math.pi))
-        return torch.logsumexp(comp + torch.log(self.weights.to(x)), dim=-1)
+        return torch.logsumexp(comp + torch.log(self.weights.to(xc)), dim=-1).to(x.dtype)
 
     def __repr__(self):
-        return f"{type(self).__name__}(n_components={self.n_components}, dim={self.dim})"
+        return f"{type(self).__name__}(n_components={self.n_components}, dim={self.dim}{self._shape_repr()})"
 
 
 class Gaussian(GaussianMixture):
     """``N(mean, cov)``; ``cov`` a ``(N, N)`` covariance matrix, a ``(N,)`` vector of
-    variances (diagonal covariance), or a scalar variance (isotropic)."""
+    variances (diagonal covariance), or a scalar variance (isotropic). ``event_shape`` as for
+    :class:`GaussianMixture`."""
 
-    def __init__(self, mean, cov):
+    def __init__(self, mean, cov, event_shape=None):
         mean = _as64("mean", mean)
         if mean.ndim != 1:
             raise ValueError(f"mean must be a vector of shape (N,), got shape {tuple(mean.shape)}")
@@ -155,37 +183,45 @@ class Gaussian(GaussianMixture):
             if bool((cov <= 0).any()):
                 raise ValueError(f"cov (variances) must be > 0, got min {float(cov.min())!r}")
             cov = cov.sqrt().reshape(1, -1) if cov.ndim == 1 else cov.sqrt()
-        super().__init__(mean, cov, None)
+        super().__init__(mean, cov, None, event_shape)
 
     def __repr__(self):
-        return f"Gaussian(dim={self.dim})"
+        return f"Gaussian(dim={self.dim}{self._shape_repr()})"
 
 
-class Empirical:
-    """A weighted point set ``sum_i w_i delta(y_i)`` (has no density, so no ``log_prob``)."""
+class Empirical(_Law):
+    """A weighted point set ``sum_i w_i delta(y_i)`` (has no density, so no ``log_prob``).
 
-    def __init__(self, points, weights=None):
+    ``points`` has shape ``(M, N)``; ``event_shape`` (default ``(N,)``) is the shape of one draw
+    (for a stack of images ``imgs`` of shape ``(M, C, H, W)``:
+    ``Empirical(imgs.flatten(1), event_shape=imgs.shape[1:])``).
+    """
+
+    def __init__(self, points, weights=None, event_shape=None):
         points = _as64("points", points)
         if points.ndim != 2 or points.shape[0] < 1:
             raise ValueError(f"points must have shape (M, N) with M >= 1, got {tuple(points.shape)}")
         self.points = points
         self.weights = _check_weights(weights, points.shape[0])
+        self._set_event_shape(event_shape, points.shape[1])
 
     @property
     def dim(self) -> int:
         return self.points.shape[1]
 
     def mean(self) -> torch.Tensor:
-        return (self.weights[:, None] * self.points).sum(0)
+        """The mean, of shape ``event_shape``."""
+        return (self.weights[:, None] * self.points).sum(0).reshape(self.event_shape)
 
     def covariance(self) -> torch.Tensor:
-        d = self.points - self.mean()
+        """The ``(N, N)`` covariance of the flattened event."""
+        d = self.points - self.mean().reshape(-1)
         return (self.weights[:, None, None] * d[:, :, None] * d[:, None, :]).sum(0)
 
     def sample(self, n: int, generator=None, dtype=None, device=None) -> torch.Tensor:
         n = _check_n(n)
         idx = _categorical(self.weights, n, generator)
-        return self.points[idx].to(dtype=dtype or torch.get_default_dtype(), device=device)
+        return self._shaped(self.points[idx], dtype, device)
 
     def __repr__(self):
-        return f"Empirical(n_points={self.points.shape[0]}, dim={self.dim})"
+        return f"Empirical(n_points={self.points.shape[0]}, dim={self.dim}{self._shape_repr()})"

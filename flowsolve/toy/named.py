@@ -35,11 +35,12 @@ def grid(n_per_side: int = 5, spacing: float = 2.0, std: float = 0.05) -> Gaussi
 
 
 def random_mixture(dim: int, n_components: int = 4, seed: int = 0, spread: float = 3.0,
-                   std_range: tuple[float, float] = (0.1, 0.5)) -> GaussianMixture:
+                   std_range: tuple[float, float] = (0.1, 0.5), event_shape=None) -> GaussianMixture:
     """A reproducible random mixture in ``dim`` dimensions with full covariances.
 
     Means ~ N(0, spread^2 I); each covariance is ``R diag(std^2) R^T`` with a random rotation
-    ``R`` and stds uniform in ``std_range``; weights ~ Dirichlet(2, ..., 2).
+    ``R`` and stds uniform in ``std_range``; weights ~ Dirichlet(2, ..., 2). ``event_shape``
+    (``dim`` elements; default ``(dim,)``) is the shape of one draw.
     """
     dim, n_components = _check_count("dim", dim), _check_count("n_components", n_components)
     spread = check_positive("spread", spread)
@@ -53,7 +54,7 @@ def random_mixture(dim: int, n_components: int = 4, seed: int = 0, spread: float
     stds = lo + (hi - lo) * torch.rand(n_components, dim, generator=gen, dtype=torch.float64)
     covs = q @ torch.diag_embed(stds**2) @ q.transpose(-1, -2)
     gam = torch._standard_gamma(torch.full((n_components,), 2.0, dtype=torch.float64), generator=gen)
-    return GaussianMixture(means, covs, gam / gam.sum())
+    return GaussianMixture(means, covs, gam / gam.sum(), event_shape)
 
 
 def bimodal_1d(separation: float = 4.0, std: float = 0.5, weight: float = 0.5) -> GaussianMixture:
@@ -65,7 +66,7 @@ def bimodal_1d(separation: float = 4.0, std: float = 0.5, weight: float = 0.5) -
     return GaussianMixture(means, std, [weight, 1.0 - weight])
 
 
-def standard_gaussian(dim: int) -> Gaussian:
-    """``N(0, I)`` in ``dim`` dimensions."""
+def standard_gaussian(dim: int, event_shape=None) -> Gaussian:
+    """``N(0, I)`` in ``dim`` dimensions; draws of shape ``event_shape`` (default ``(dim,)``)."""
     dim = _check_count("dim", dim)
-    return Gaussian(torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64))
+    return Gaussian(torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64), event_shape)
