@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._validation import check_order, check_positive, check_same_device
-from .base import Process
+from .._validation import check_order, check_positive, check_real, check_same_device
+from .base import Process, callable_name, generic_hook
 from .kernels import GaussianKernel
 
 
@@ -35,7 +35,33 @@ class Diffusion(Process):
     ``Diffusion(scale=s, sigma=sigma, t_min=..., t_max=...)`` with callables mapping a
     float64 tensor of times to a float64 tensor; ``scale=None`` means ``s = 1``. Derivatives
     come from autograd unless ``scale_derivative`` / ``sigma_derivative`` are given.
-    ``sigma`` must be increasing on ``[t_min, t_max]`` and ``scale`` positive.
+    ``sigma`` must be strictly increasing and > 0 on ``[t_min, t_max]`` and ``scale``
+    positive and finite: this is checked at construction, on a dense float64 grid of the span.
+    Two ``Diffusion`` objects are equal when their span is equal and their callables are the
+    same objects.
+
+    Subclassing, instead of passing callables::
+
+        class Cosine(fs.Diffusion):
+            def __init__(self, s=0.008):
+                self.s = s                      # parameters take part in == and hash
+                super().__init__(t_min=1e-3, t_max=0.999)
+
+            def _alpha(self, t):
+                return torch.cos(0.5 * math.pi * (t + self.s) / (1 + self.s))
+
+            def _scale(self, t):                # float64 tensor in, float64 tensor out
+                return self._alpha(t)
+
+            def _sigma(self, t):
+                return torch.sqrt(1 - self._alpha(t) ** 2) / self._alpha(t)
+
+    Optionally override ``_scale_derivative``, ``_sigma_derivative`` (default: autograd) and
+    ``_t_of_sigma`` (default: bisection), and the forward-SDE coefficients ``_f`` and ``_g``
+    (default ``f = s'/s``, ``g = s sqrt(2 sigma sigma')``). Subclasses of the named
+    processes (VE, VP, SubVP, EDM) work the same way: their closed-form derivative, inverse
+    and SDE hooks are replaced by these defaults when you override the schedule they were
+    written for and not the hook.
     """
 
     kernel = GaussianKernel()
@@ -50,14 +76,25 @@ class Diffusion(Process):
         sigma_derivative: Callable | None = None,
     ):
         super().__init__(t_min, t_max)
-        if type(self) is Diffusion:
-            if sigma is None or not callable(sigma):
-                raise ValueError("sigma must be a callable sigma(t) (float64 tensor in, tensor out)")
-            if scale is not None and not callable(scale):
-                raise ValueError("scale must be a callable s(t) or None (meaning s = 1)")
-            self._user = dict(scale=scale, sigma=sigma, scale_derivative=scale_derivative,
-                              sigma_derivative=sigma_derivative)
-            self._check_schedules()
+        name = type(self).__name__
+        own_sigma = type(self)._sigma is not Diffusion._sigma
+        own_scale = type(self)._scale is not Diffusion._scale
+        if sigma is None and not own_sigma:
+            raise ValueError(f"{name} needs a noise schedule: pass sigma= (a callable sigma(t), float64 tensor in, "
+                             "tensor out) or subclass it and override _sigma(t)")
+        if sigma is not None and own_sigma:
+            raise ValueError(f"{name} overrides _sigma(t): do not also pass sigma=")
+        if scale is not None and own_scale:
+            raise ValueError(f"{name} overrides _scale(t): do not also pass scale=")
+        if sigma is not None and not callable(sigma):
+            raise ValueError(f"sigma must be a callable sigma(t) (float64 tensor in, tensor out), got {sigma!r}")
+        if scale is not None and not callable(scale):
+            raise ValueError(f"scale must be a callable s(t) or None (meaning s = 1), got {scale!r}")
+        for label, fn in (("scale_derivative", scale_derivative), ("sigma_derivative", sigma_derivative)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"{label} must be a callable of t or None (autograd), got {fn!r}")
+        self._user = dict(scale=scale, sigma=sigma, scale_derivative=scale_derivative,
+                          sigma_derivative=sigma_derivative)
 
     # Composed schedules ------------------------------------------------------------------
     def _scale(self, t):
@@ -67,29 +104,29 @@ class Diffusion(Process):
     def _sigma(self, t):
         return torch.as_tensor(self._user["sigma"](t), dtype=torch.float64) * torch.ones_like(t)
 
+    @generic_hook
     def _scale_derivative(self, t):
         fn = self._user["scale_derivative"]
         return super()._scale_derivative(t) if fn is None else fn(t) * torch.ones_like(t)
 
+    @generic_hook
     def _sigma_derivative(self, t):
         fn = self._user["sigma_derivative"]
         return super()._sigma_derivative(t) if fn is None else fn(t) * torch.ones_like(t)
 
-    def _check_schedules(self):
-        grid = torch.linspace(self.t_min, self.t_max, 257, dtype=torch.float64)
-        s, sig = self._scale(grid), self._sigma(grid)
-        if not (torch.isfinite(s).all() and (s > 0).all()):
-            raise ValueError(f"scale(t) must be finite and > 0 on [t_min, t_max] = [{self.t_min}, {self.t_max}]")
-        if not (torch.isfinite(sig).all() and (sig > 0).all()):
-            raise ValueError(f"sigma(t) must be finite and > 0 on [t_min, t_max] = [{self.t_min}, {self.t_max}] "
-                             "(sigma = 0 is the data itself: fields divide by sigma)")
-        if not (sig[1:] > sig[:-1]).all():
-            raise ValueError("sigma(t) must be strictly increasing in t on [t_min, t_max]")
+    def __repr__(self):
+        user = self._user
+        if user["sigma"] is None:  # a subclass with its own schedules
+            return super().__repr__()
+        parts = [f"{k}={callable_name(v)}" for k, v in user.items() if v is not None]
+        return f"{type(self).__name__}({', '.join(parts)}, t_min={self.t_min!r}, t_max={self.t_max!r})"
 
     # Forward SDE -------------------------------------------------------------------------
+    @generic_hook
     def _f(self, t):
         return self._scale_derivative(t) / self._scale(t)
 
+    @generic_hook
     def _g(self, t):
         s, sig = self._scale(t), self._sigma(t)
         return s * torch.sqrt(2.0 * sig * self._sigma_derivative(t))
@@ -99,10 +136,16 @@ class Diffusion(Process):
         return self._eval(self._f, t)
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Forward SDE drift ``f(t) x``; ``t`` a float or a tensor of shape ``x.shape[:-1]``."""
+        """Forward SDE drift ``f(t) x``; x of shape ``(n, *event_shape)``, ``t`` a float, a
+        0-d tensor or a tensor of shape ``(n,)``."""
         check_same_device(x=x, t=t)
         f = self._eval(self._f, t).to(dtype=x.dtype, device=x.device)
-        return (f.unsqueeze(-1) if f.ndim else f) * x
+        if f.ndim > 1 or (f.ndim == 1 and x.ndim and f.shape[0] not in (1, x.shape[0])):
+            raise ValueError(f"t must be a float, a 0-d tensor or a tensor of shape (n,) = ({x.shape[0]},) (one time per "
+                             f"sample), got shape {tuple(f.shape)}")
+        if f.ndim:
+            f = f.reshape(f.shape + (1,) * (x.ndim - f.ndim))
+        return f * x
 
     def diffusion(self, t) -> torch.Tensor:
         """Forward SDE diffusion ``g(t) = s(t) sqrt(2 sigma(t) sigma'(t))``."""
@@ -141,7 +184,7 @@ class VE(Diffusion):
         return self._sigma(t) * math.sqrt(2.0 * self._log_ratio)
 
     def __repr__(self):
-        return f"VE(sigma_min={self._smin!r}, sigma_max={self._smax!r})"
+        return f"{type(self).__name__}(sigma_min={self._smin!r}, sigma_max={self._smax!r})"
 
 
 class _BetaLinear(Diffusion):
@@ -153,7 +196,7 @@ class _BetaLinear(Diffusion):
         beta_max = check_positive("beta_max", beta_max)
         if beta_max < beta_min:
             raise ValueError(f"beta_min must be <= beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}")
-        t_min = float(t_min)
+        t_min = check_real("t_min", t_min)
         if not t_min > 0:
             raise ValueError(f"t_min must be > 0 (sigma(0) = 0 is the data itself), got {t_min!r}")
         super().__init__(t_min=t_min, t_max=t_max)
@@ -256,7 +299,7 @@ class EDM(Diffusion):
         return sigma.clone()
 
     def __repr__(self):
-        return f"EDM(sigma_min={self.t_min!r}, sigma_max={self.t_max!r})"
+        return f"{type(self).__name__}(sigma_min={self.t_min!r}, sigma_max={self.t_max!r})"
 
 
 class LinearSDE(Diffusion):
@@ -269,8 +312,12 @@ class LinearSDE(Diffusion):
     later evaluations are interpolations accurate to ~1e-10. Derivatives are exact:
     ``s' = f s`` and ``sigma' = g^2 / (2 s^2 sigma)``.
 
-    ``f`` and ``g`` map a float64 tensor of times to a tensor.
+    ``f`` and ``g`` map a float64 tensor of times to a tensor. Two ``LinearSDE`` objects are
+    equal when ``f`` and ``g`` are the same objects and the times are equal (the SciPy
+    solution is derived state and takes no part).
     """
+
+    _derived_attributes = frozenset({"_dense"})
 
     def __init__(self, f: Callable, g: Callable, t_min: float, t_max: float, t0: float = 0.0):
         from scipy.integrate import solve_ivp
@@ -278,7 +325,7 @@ class LinearSDE(Diffusion):
         if not callable(f) or not callable(g):
             raise ValueError("f and g must be callables of t (float64 tensor in, tensor out)")
         super().__init__(t_min=t_min, t_max=t_max)
-        t0 = float(t0)
+        t0 = check_real("t0", t0)
         if not t0 < self.t_min:
             raise ValueError(f"t0 must be < t_min={self.t_min!r} (sigma(t_min) must be > 0), got t0={t0!r}")
         self._fn_f, self._fn_g, self.t0 = f, g, t0
@@ -294,11 +341,9 @@ class LinearSDE(Diffusion):
         if not sol.success:
             raise ValueError(f"could not integrate f and g on [{t0}, {self.t_max}]: {sol.message}")
         self._dense = sol.sol
-        grid = np.linspace(self.t_min, self.t_max, 257)
-        logs, var = self._dense(grid)
-        if not (np.isfinite(logs).all() and np.isfinite(var).all()):
-            raise ValueError("f and g must give finite s(t) and sigma(t) on [t_min, t_max]")
-        if not (np.diff(var) > 0).all() or var[0] <= 0:
+        var = self._dense(np.linspace(self.t_min, self.t_max, 257))[1]
+        # the construction check names sigma(t); say here which input is at fault
+        if np.isfinite(var).all() and (not (np.diff(var) > 0).all() or var[0] <= 0):
             raise ValueError("g(t) must be > 0 on [t0, t_max] so that sigma(t) increases from sigma(t_min) > 0")
 
     def _interp(self, t: torch.Tensor):
@@ -332,4 +377,5 @@ class LinearSDE(Diffusion):
         return self._fg(t)[1].abs()
 
     def __repr__(self):
-        return f"LinearSDE(t_min={self.t_min!r}, t_max={self.t_max!r}, t0={self.t0!r})"
+        return (f"{type(self).__name__}(f={callable_name(self._fn_f)}, g={callable_name(self._fn_g)}, "
+                f"t_min={self.t_min!r}, t_max={self.t_max!r}, t0={self.t0!r})")

@@ -19,7 +19,29 @@ import math
 
 import torch
 
+from .._validation import check_real
+from .base import ValueObject
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+#: Largest augmentation dimension accepted. The Student-t kernel differs from the Gaussian by
+#: O(1/D) (in log density, for O(1) distances); at D = 1e15 that is ~1e-15, float64's resolution,
+#: so a larger D is EDM in float64. Everything here is checked up to it: Stirling's series
+#: (``log_gamma_ratio`` against mpmath at D/2 = 1e15), sampling, and the exact fields. Far
+#: beyond it the series overflows (x**9 at D ~ 4e34) and Gauss quadrature of the mixing
+#: variable loses its root bracket (D ~ 1e30).
+D_MAX = 1e15
+
+
+def check_D(D) -> float:
+    """The PFGM++ augmentation dimension: a real number in (0, D_MAX]."""
+    value = check_real("D", D, minimum=0.0, strict_min=True, allow_inf=True)
+    if value > D_MAX:
+        raise ValueError(
+            f"D must be a real number in (0, 1e15], got {D!r}: beyond D = 1e15 the PFGM++ kernel equals "
+            "the Gaussian (EDM) kernel to float64 precision (they differ by ~1/D); use fs.EDM(sigma_min, sigma_max)"
+        )
+    return value
 
 
 def _stirling_tail(x: float) -> float:
@@ -47,14 +69,20 @@ def log_gamma_density_norm(a: float) -> float:
     return 0.5 * math.log(a) - _HALF_LOG_2PI - _stirling_tail(a)
 
 
-class GaussianKernel:
-    """``n ~ N(0, I)``."""
+def _row_view(n: int, ndim: int) -> tuple:
+    """Shape ``(n, 1, ..., 1)`` with ``ndim`` dims: one value per sample (dim 0), broadcast over the event."""
+    return (n,) + (1,) * (ndim - 1)
+
+
+class GaussianKernel(ValueObject):
+    """``n ~ N(0, I)``. Kernels compare and hash by value (``GaussianKernel() == GaussianKernel()``)."""
 
     name = "gaussian"
     D = math.inf
 
     def sample(self, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        """Unit noise of shape ``(n, *event_shape)``, drawn in ``dtype`` (default: torch's)."""
+        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
 
     def log_prob_sq(self, dist_sq: torch.Tensor, sigma: torch.Tensor, dim: int) -> torch.Tensor:
         """log density of ``sigma * n`` at a point of squared norm ``dist_sq`` (dimension ``dim``)."""
@@ -72,24 +100,28 @@ class GaussianKernel:
         return "GaussianKernel()"
 
 
-class StudentTKernel:
-    """PFGM++ kernel: multivariate Student-t with ``D`` degrees of freedom, unit scale."""
+class StudentTKernel(ValueObject):
+    """PFGM++ kernel: multivariate Student-t with ``D`` degrees of freedom, unit scale, over a
+    sample's whole event (all non-batch dims: N = their product). ``0 < D <= D_MAX``.
+    Compares and hashes by ``D``."""
 
     name = "student_t"
 
     def __init__(self, D: float):
-        from .._validation import check_positive
-
-        self.D = check_positive("D", D)
+        self.D = check_D(D)
 
     def sample(self, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
+        """Unit noise of shape ``(n, *event_shape)``: one scale variable ``u`` per sample
+        (row), shared across its event; computed in float64 and cast once to ``dtype``."""
         # n = g / sqrt(u), u = chi2_D / D = Gamma(D/2, rate D/2): equivalently ||n|| = r/sigma *
         # sqrt(B/(1-B)) with B ~ Beta(N/2, D/2) (the Beta-prime radius law of PFGM++).
         shape = tuple(shape)
+        if not shape:
+            raise ValueError("shape must be (n, *event_shape), with the batch size n first; got ()")
         g = torch.randn(shape, generator=generator, dtype=torch.float64, device=device)
-        alpha = torch.full(shape[:-1], 0.5 * self.D, dtype=torch.float64, device=device)
+        alpha = torch.full(shape[:1], 0.5 * self.D, dtype=torch.float64, device=device)
         u = torch._standard_gamma(alpha, generator=generator) / (0.5 * self.D)
-        n = g / torch.sqrt(u).unsqueeze(-1)
+        n = g / torch.sqrt(u).reshape(_row_view(shape[0], len(shape)))
         return n.to(dtype if dtype is not None else torch.get_default_dtype())
 
     def log_prob_sq(self, dist_sq: torch.Tensor, sigma: torch.Tensor, dim: int) -> torch.Tensor:

@@ -7,25 +7,27 @@ ODE/SDE solvers integrate it given a score.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
-from .._validation import check_order, check_time_range
+from .._validation import check_order, check_real, check_time_range
+from .base import ValueObject, callable_name, require_canonical  # noqa: F401  (require_canonical: re-export, to be removed)
 
 
-class SDE:
-    """``SDE(drift=f(x, t), diffusion=g(t), t_min=0, t_max=1)``."""
+class SDE(ValueObject):
+    """``SDE(drift=f(x, t), diffusion=g(t), t_min=0, t_max=1)``.
+
+    Compares and hashes by value: equal when ``drift`` and ``diffusion`` are the same objects
+    and the spans are equal.
+    """
 
     canonical = False
 
     def __init__(self, drift: Callable, diffusion: Callable, t_min: float = 0.0, t_max: float = 1.0):
         if not callable(drift) or not callable(diffusion):
             raise ValueError("drift must be a callable f(x, t) and diffusion a callable g(t)")
-        t_min, t_max = float(t_min), float(t_max)
-        if not (math.isfinite(t_min) and math.isfinite(t_max)):
-            raise ValueError(f"t_min and t_max must be finite, got {t_min!r}, {t_max!r}")
+        t_min, t_max = check_real("t_min", t_min), check_real("t_max", t_max)
         check_order("t_min", t_min, "t_max", t_max)
         self._drift, self._diffusion = drift, diffusion
         self.t_min, self.t_max = t_min, t_max
@@ -39,16 +41,6 @@ class SDE:
         return torch.as_tensor(self._diffusion(t))
 
     def __repr__(self):
-        return f"SDE(t_min={self.t_min!r}, t_max={self.t_max!r})"
+        return (f"{type(self).__name__}(drift={callable_name(self._drift)}, diffusion={callable_name(self._diffusion)}, "
+                f"t_min={self.t_min!r}, t_max={self.t_max!r})")
 
-
-def require_canonical(process, what: str) -> None:
-    """Raise a clear error when ``process`` has no canonical (scale, sigma, kernel) form."""
-    from .base import Process
-
-    if not isinstance(process, Process):
-        raise ValueError(
-            f"{what} needs a canonical process x_t = s(t)(y + sigma(t) n) (VE, VP, SubVP, EDM, PFGMPP, "
-            f"Poisson, Diffusion, LinearSDE); got {type(process).__name__}, which has no scale/sigma/kernel. "
-            "Use a generic solver on fs.probability_flow(sde, score=...) instead."
-        )
