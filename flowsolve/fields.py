@@ -31,9 +31,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from ._validation import check_int, check_time_range
-from .processes.base import Process
+from .processes.base import Process, require_canonical
 from .processes.kernels import StudentTKernel
-from .processes.sde import require_canonical
 
 KINDS = ("denoiser", "eps", "score", "velocity", "poisson_field")
 
@@ -263,8 +262,6 @@ class Field:
             raise ValueError(f"x must be a floating-point tensor of shape (n, *event_shape), got {got}")
         batch = self._batch_shape(x)
         if isinstance(t, torch.Tensor):
-            if t.dtype == torch.bool or t.is_complex():
-                raise ValueError(f"t must hold real numbers, got a {t.dtype} tensor")
             if t.device != x.device:
                 raise ValueError(f"t is on {t.device} but x is on {x.device}; put them on one device")
             try:
@@ -274,9 +271,7 @@ class Field:
             if not ok:
                 raise ValueError(f"t must be a number or a tensor of shape {tuple(batch)} (one time per sample), "
                                  f"got shape {tuple(t.shape)}")
-        elif isinstance(t, bool) or not isinstance(t, numbers.Real):
-            raise ValueError(f"t must be a real number or a tensor, got {type(t).__name__}")
-        check_time_range("t", t, self.process.t_min, self.process.t_max)
+        check_time_range("t", t, self.process.t_min, self.process.t_max)  # also refuses non-real t
         return _times(t, batch, x.device)
 
     def _checked(self, kind, x, t, kwargs):

@@ -21,7 +21,7 @@ from scipy.optimize import brentq
 
 from ..fields import Field, batch_shape, compute_dtype, from_denoiser
 from ..processes.kernels import log_gamma_density_norm
-from ..processes.sde import require_canonical
+from ..processes.base import require_canonical
 from .distributions import Empirical, GaussianMixture
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -86,25 +86,29 @@ class EmpiricalField(ExactField):
     """Point data ``sum_i w_i delta(y_i)``: posterior weights ``w_i k_sigma(x̂ - y_i)`` under
     either kernel (PFGM++: ``w_i ∝ p(y_i)(||x - y_i||^2 + r^2)^(-(N+D)/2)``), normalised
     with log-sum-exp; distances are computed directly, not by the ``|x|^2 - 2xy + |y|^2``
-    expansion, which loses all precision at sigma = 0.002 in float32."""
+    expansion, which loses all precision at sigma = 0.002 in float32. Weighted sums over the
+    points are broadcast products (not matmuls, whose rounding depends on the batch size),
+    in row chunks of about ``_CHUNK`` elements."""
+
+    _CHUNK = 2_000_000  # elements of a (rows, M, N) block
 
     def _cast(self, dtype, device):
         return (self.data.points.to(device, dtype), torch.log(self.data.weights).to(device, dtype))
 
     def _posterior(self, xhat, sig):
         pts, logw = self._params(xhat)
-        batch = xhat.shape[:-1]
-        flat = xhat.reshape(-1, self.dim)
-        dist_sq = torch.cdist(flat, pts, compute_mode="donot_use_mm_for_euclid_dist").square()
-        dist_sq = dist_sq.reshape(*batch, -1)
+        dist_sq = torch.cdist(xhat, pts, compute_mode="donot_use_mm_for_euclid_dist").square()
         kernel = self.process.kernel
         logits = logw + kernel.log_prob_sq(dist_sq, sig, self.dim)
         log_p = torch.logsumexp(logits, dim=-1)
         post = torch.softmax(logits, dim=-1)
-        den = post @ pts
         c = post * kernel.grad_coef(dist_sq, sig, self.dim)
-        grad = -(c.sum(-1, keepdim=True) * xhat - c @ pts)
-        return den, grad, log_p
+        rows = max(1, self._CHUNK // max(1, pts.numel()))
+        weighted = [(torch.stack([post[i:i + rows], c[i:i + rows]], -1).unsqueeze(-2) * pts.unsqueeze(-1)).sum(-3)
+                    for i in range(0, xhat.shape[0], rows)]
+        weighted = torch.cat(weighted, 0) if weighted else xhat.new_zeros(0, self.dim, 2)
+        grad = -(c.sum(-1, keepdim=True) * xhat - weighted[..., 1])
+        return weighted[..., 0], grad, log_p
 
 
 class MixtureField(ExactField):
