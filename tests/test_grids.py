@@ -9,6 +9,7 @@ VP: ``sigma^2 = e^{2L} - 1``; sub-VP: ``sigma = 2 sinh L``, with ``L = a t^2 + b
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -194,3 +195,124 @@ def test_sigma_grids_need_a_canonical_process():
     for grid in ("log_sigma", "logsnr", "karras"):
         with pytest.raises(ValueError, match="canonical"):
             fs.make_grid(sde, grid, 4)
+
+
+# -- round 2: names, options, bounds, shapes and collapse -------------------------------------
+
+def test_unknown_grid_lists_the_names_and_the_closest():
+    with pytest.raises(ValueError) as info:
+        fs.make_grid(fs.EDM(), "karas", 10)
+    assert str(info.value) == ("grid must be one of ['uniform', 'log_sigma', 'logsnr', 'karras', 'quadratic', "
+                               "'explicit'], got 'karas'; did you mean 'karras'?")
+    with pytest.raises(ValueError, match=r"did you mean 'log_sigma'\?"):
+        fs.make_grid(fs.EDM(), "log-sigma", 10)
+    with pytest.raises(ValueError, match=r"got 'cosine'$"):  # nothing close: no suggestion
+        fs.make_grid(fs.EDM(), "cosine", 10)
+    for bad in (None, 3, ["karras"]):
+        with pytest.raises(ValueError, match=r"^grid must be one of"):
+            fs.make_grid(fs.EDM(), bad, 10)
+
+
+@pytest.mark.parametrize("grid", ["uniform", "log_sigma", "logsnr", "quadratic"])
+def test_rho_refused_where_unused(grid):
+    with pytest.raises(ValueError, match=rf"^rho= is not used by grid='{grid}'; only grid='karras' takes it"):
+        fs.make_grid(fs.VP(), grid, 10, rho=3)
+    fs.make_grid(fs.VP(), grid, 10)
+
+
+def test_unknown_and_misplaced_options_refused():
+    with pytest.raises(ValueError, match=r"^unknown option foo= for grid='karras': its options are \['rho'\]"):
+        fs.make_grid(fs.EDM(), "karras", 10, foo=1)
+    with pytest.raises(ValueError, match=r"^unknown option sigma_max= for grid='uniform': it takes no options"):
+        fs.make_grid(fs.EDM(), "uniform", 10, sigma_max=1)
+    with pytest.raises(ValueError, match=r"^ts= is not used by grid='karras'; only grid='explicit' takes it"):
+        fs.make_grid(fs.EDM(), "karras", 10, ts=[80.0, 1.0])
+    with pytest.raises(ValueError, match=r"^rho= is not used by grid='explicit'; only grid='karras' takes it"):
+        fs.make_grid(fs.EDM(), "explicit", ts=[80.0, 1.0], rho=7)
+    with pytest.raises(ValueError, match=r"^steps is not used by grid='explicit'"):
+        fs.make_grid(fs.EDM(), "explicit", 1, ts=[80.0, 1.0])
+
+
+@pytest.mark.parametrize("steps", [10**7 + 1, 1e30, 10**100, True, "10"])
+def test_steps_upper_bound(steps):
+    with pytest.raises(ValueError, match=r"^steps must be an integer in \[1, 10000000\]"):
+        fs.make_grid(fs.EDM(), "uniform", steps)
+
+
+def test_steps_near_the_bound_accepted():
+    assert fs.make_grid(fs.EDM(), "uniform", 10**6).shape == (10**6 + 1,)
+
+
+def test_rho_upper_bound():
+    t = fs.make_grid(fs.EDM(), "karras", 12, rho=1e6)  # close to the log_sigma limit
+    np.testing.assert_allclose(t.numpy(), fs.make_grid(fs.EDM(), "log_sigma", 12).numpy(), rtol=1e-4)
+    for rho in (1.1e6, 1e16, "7", True):
+        with pytest.raises(ValueError, match=r"^rho must be a finite real number in \(0, 1000000\]"):
+            fs.make_grid(fs.EDM(), "karras", 12, rho=rho)
+
+
+def test_karras_with_a_huge_rho_no_longer_returns_a_collapsed_grid():
+    """rho = 1e16 (a user reaching for the rho -> inf limit) used to give a grid with a
+    repeated time on VP ([1, 0.94, 0.66, 0.26, 0.26, ...]): now refused by the rho bound."""
+    with pytest.raises(ValueError, match=r"^rho must be"):
+        fs.make_grid(fs.VP(), "karras", 8, rho=1e16)
+
+
+@pytest.mark.parametrize("ts", [[[1.0, 0.5], [0.2, 0.1]], torch.tensor([[1.0, 0.5, 0.1]]), np.array([[1.0], [0.5]]),
+                                torch.tensor(0.5), 0.5])
+def test_explicit_ts_must_be_one_dimensional(ts):
+    with pytest.raises(ValueError, match=r"^ts must be 1-D \(one time per grid point\), got shape"):
+        fs.make_grid(fs.VP(), "explicit", ts=ts)
+
+
+@pytest.mark.parametrize("ts", [["1.0", "0.5"], [1.0, [0.5, 0.2]], [1.0 + 1j, 0.5], [True, False]])
+def test_explicit_ts_must_be_real_times(ts):
+    with pytest.raises(ValueError, match=r"^ts must"):
+        fs.make_grid(fs.VP(), "explicit", ts=ts)
+
+
+def test_explicit_repeated_time_is_named():
+    with pytest.raises(ValueError, match=r"^ts must be strictly monotone \(ts\[1\] = ts\[2\] = 0.5\)"):
+        fs.make_grid(fs.VP(), "explicit", ts=[1.0, 0.5, 0.5, 0.1])
+
+
+def _collapse(call):
+    with pytest.raises(ValueError) as info:
+        call()
+    return str(info.value)
+
+
+def test_karras_grid_on_a_narrow_sigma_range_collapses_with_an_error():
+    """sigma in [1, 1 + 1e-12]: a valid process, but 1000 Karras steps cannot be distinct in
+    float64 (the grid returned to this change had 357 repeated times)."""
+    p = fs.EDM(sigma_min=1.0, sigma_max=1.0 + 1e-12)
+    msg = _collapse(lambda: fs.make_grid(p, "karras", 1000))
+    m = re.match(r"^the karras grid with steps=1000 collapses in float64: t\[(\d+)\] = (\S+) and t\[(\d+)\] = (\S+) "
+                 r"are not distinct", msg)
+    assert m, msg
+    i, a, j, b = int(m[1]), float(m[2]), int(m[3]), float(m[4])
+    assert j == i + 1 and a <= b and 1.0 <= a <= 1.0 + 1e-12  # the first repeat, a value inside the range
+    assert "use fewer steps" in msg
+    t = fs.make_grid(p, "karras", 20)  # few enough steps: fine
+    assert bool((t[1:] < t[:-1]).all())
+
+
+def test_uniform_grid_with_repeated_sigmas_is_an_error():
+    """Distinct times whose sigmas repeat in float64 (VE with sigma in [1, 1 + 1e-11])."""
+    p = fs.VE(sigma_min=1.0, sigma_max=1.0 + 1e-11)
+    msg = _collapse(lambda: fs.make_grid(p, "uniform", 100_000))
+    m = re.match(r"^the uniform grid with steps=100000 collapses in float64: sigma\[(\d+)\] = (\S+) and "
+                 r"sigma\[(\d+)\] = (\S+) are not distinct", msg)
+    assert m, msg
+    t = fs.make_grid(p, "uniform", 100)
+    sig = p.sigma(t)
+    assert bool((sig[1:] < sig[:-1]).all())
+    # the same for an explicit grid: distinct times, one sigma
+    with pytest.raises(ValueError, match=r"^the explicit grid ts collapses in float64: sigma\[0\]"):
+        fs.make_grid(p, "explicit", ts=[0.5, 0.5 - 1e-6, 0.0])
+
+
+def test_uniform_grid_on_a_narrow_span_is_an_error():
+    p = fs.EDM(sigma_min=1.0, sigma_max=1.0 + 1e-12)
+    assert re.match(r"^the uniform grid with steps=10000 collapses in float64: t\[\d+\]",
+                    _collapse(lambda: fs.make_grid(p, "uniform", 10_000)))

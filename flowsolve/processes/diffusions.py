@@ -336,8 +336,9 @@ class LinearSDE(Diffusion):
             gt = float(torch.as_tensor(g(tt), dtype=torch.float64))
             return [ft, gt * gt * math.exp(-2.0 * y[0])]
 
-        sol = solve_ivp(rhs, (t0, self.t_max), [0.0, 0.0], method="DOP853", dense_output=True,
-                        rtol=1e-12, atol=1e-14)
+        with np.errstate(over="ignore", invalid="ignore"):  # a failed integration is reported below
+            sol = solve_ivp(rhs, (t0, self.t_max), [0.0, 0.0], method="DOP853", dense_output=True,
+                            rtol=1e-12, atol=1e-14)
         if not sol.success:
             raise ValueError(f"could not integrate f and g on [{t0}, {self.t_max}]: {sol.message}")
         self._dense = sol.sol
