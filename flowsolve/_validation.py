@@ -44,14 +44,22 @@ def _real_number(value: Any) -> float | None:
     return None
 
 
+def _fmt(x) -> str:
+    """A bound as a reader writes it: 0 and 1 rather than 0.0 and 1.0."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
+
+
 def _interval(minimum, maximum, strict_min: bool, strict_max: bool) -> str:
     if minimum is None and maximum is None:
         return ""
+    lo, hi = _fmt(minimum), _fmt(maximum)
     if maximum is None:
-        return f" {'>' if strict_min else '>='} {minimum!r}"
+        return f" {'>' if strict_min else '>='} {lo}"
     if minimum is None:
-        return f" {'<' if strict_max else '<='} {maximum!r}"
-    return f" in {'(' if strict_min else '['}{minimum!r}, {maximum!r}{')' if strict_max else ']'}"
+        return f" {'<' if strict_max else '<='} {hi}"
+    return f" in {'(' if strict_min else '['}{lo}, {hi}{')' if strict_max else ']'}"
 
 
 def check_real(name: str, value: Any, minimum: float | None = None, maximum: float | None = None, *,
