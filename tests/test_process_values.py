@@ -297,6 +297,18 @@ def test_invalid_subclasses_refused():
     with pytest.raises(ValueError, match=r"Process does not define sigma\(t\)"):
         Process(0.0, 1.0)
 
+    class Raw(Process):
+        def _sigma(self, t):
+            return 1.0 + t
+
+    with pytest.raises(ValueError, match=r"^Raw has no kernel: subclass Diffusion"):
+        Raw(0.0, 1.0)
+
+    class RawGaussian(Raw):
+        kernel = GaussianKernel()
+
+    assert RawGaussian(0.0, 1.0).perturb(torch.zeros(2, 3), 0.5).shape == (2, 3)
+
 
 # ------------------------------------------------------------------------------- shapes
 IMAGE = (3, 4, 4)  # N = 48

@@ -163,7 +163,8 @@ class Process(ValueObject, metaclass=_ProcessType):
       belongs to and not the hook itself.
 
     and call ``super().__init__(...)`` with the time span (``Process.__init__(self, t_min,
-    t_max)``). The schedules are checked on a dense float64 grid of the span when the
+    t_max)``). A direct subclass of ``Process`` also sets ``kernel`` (subclass ``Diffusion``
+    or ``PFGMPP`` to inherit one). The schedules are checked on a dense float64 grid of the span when the
     object is made, after your ``__init__`` has run: sigma strictly increasing and > 0,
     scale positive and finite, ``scale * sigma`` finite. Attributes you set take part in
     ``==``/``hash``; name caches ``_cache...`` (or list them in ``_derived_attributes``)
@@ -262,6 +263,9 @@ class Process(ValueObject, metaclass=_ProcessType):
             if len(bad) and (worst is None or int(bad[0]) + offset < worst[0]):
                 worst = (int(bad[0]) + offset, what)
         if worst is None:
+            if self.kernel is None:
+                raise ValueError(f"{name} has no kernel: subclass Diffusion (Gaussian kernel) or PFGMPP (Student-t "
+                                 "kernel), or set kernel to a GaussianKernel() or StudentTKernel(D)")
             return
         i, what = worst
         if what == "sigma(t) must be finite":

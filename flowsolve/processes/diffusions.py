@@ -155,7 +155,7 @@ class Diffusion(Process):
 class VE(Diffusion):
     """Variance exploding (SMLD/NCSN; Song et al. 2021, eq. 9, App. B): ``s = 1``,
     ``sigma(t) = sigma_min (sigma_max/sigma_min)^t`` on t in [0, 1],
-    ``g(t) = sigma(t) sqrt(2 ln(sigma_max/sigma_min))``."""
+    ``g(t) = sigma(t) sqrt(2 ln(sigma_max/sigma_min))``. Subclassable as :class:`Diffusion` is."""
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         sigma_min = check_positive("sigma_min", sigma_min)
@@ -233,7 +233,8 @@ class _BetaLinear(Diffusion):
 
 class VP(_BetaLinear):
     """Variance preserving (DDPM; Song et al. 2021, eq. 11): ``s = alpha(t)``,
-    ``sigma = sqrt(1 - alpha^2)/alpha``, ``f = -beta/2``, ``g = sqrt(beta)``."""
+    ``sigma = sqrt(1 - alpha^2)/alpha``, ``f = -beta/2``, ``g = sqrt(beta)``. Subclassable as
+    :class:`Diffusion` is (``self._L(t)``, ``self._dL(t)`` give ``L`` and ``beta/2``)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
         super().__init__(beta_min, beta_max, t_min, t_max)
@@ -255,7 +256,7 @@ class VP(_BetaLinear):
 
 class SubVP(_BetaLinear):
     """sub-VP (Song et al. 2021, eq. 12): ``s = alpha(t)``, ``sigma = (1 - alpha^2)/alpha
-    = 2 sinh(L)``, ``f = -beta/2``, ``g = sqrt(beta (1 - alpha^4))``."""
+    = 2 sinh(L)``, ``f = -beta/2``, ``g = sqrt(beta (1 - alpha^4))``. Subclassable as :class:`Diffusion` is."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
         super().__init__(beta_min, beta_max, t_min, t_max)
@@ -275,7 +276,7 @@ class SubVP(_BetaLinear):
 
 class EDM(Diffusion):
     """EDM (Karras et al. 2022, Table 1): ``s = 1``, ``sigma(t) = t`` on
-    ``[sigma_min, sigma_max]``, ``g = sqrt(2 t)``."""
+    ``[sigma_min, sigma_max]``, ``g = sqrt(2 t)``. Subclassable as :class:`Diffusion` is."""
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         sigma_min = check_positive("sigma_min", sigma_min)
