@@ -369,3 +369,14 @@ def test_kernel_inputs_must_be_floating_batches(process):
     with pytest.raises(ValueError, match=r"^y must be a tensor"):
         process.kernel_log_prob(x, [0.0, 0.0], tm)
     assert process.kernel_log_prob(x, torch.zeros(3, 1, dtype=F64), tm).shape == (4,)
+
+
+def test_require_canonical_lives_with_the_processes():
+    from flowsolve.processes import require_canonical
+    from flowsolve.processes.base import require_canonical as in_base
+    from flowsolve.processes.sde import require_canonical as re_exported
+
+    assert require_canonical is in_base is re_exported
+    require_canonical(fs.EDM(), "this")
+    with pytest.raises(ValueError, match=r"^this needs a canonical process .* got SDE"):
+        require_canonical(fs.SDE(lambda x, t: -x, lambda t: 1.0), "this")
