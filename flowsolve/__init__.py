@@ -2,22 +2,24 @@
 
 Processes (``VE``, ``VP``, ``SubVP``, ``EDM``, ``PFGMPP``, ``Poisson``, ``Diffusion``,
 ``LinearSDE``, ``SDE``), exact fields of toy data (``exact_field``, ``fs.toy``), field
-wrappers (``Field.from_denoiser`` ...), and flows (``probability_flow``, ``reverse_sde``).
+wrappers (``Field.from_denoiser`` ...), flows (``probability_flow``, ``reverse_sde``), and the
+solvers behind ``solve`` and ``sample`` (``fs.solvers``, ``fs.available_solvers()``).
 """
 
-from . import toy
-from .fields import ExactField, Field, exact_field
+from . import solvers, toy
+from .fields import Field
 from .flows import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
 from .grids import available_grids, make_grid
 from .processes import EDM, PFGMPP, SDE, VE, VP, Diffusion, LinearSDE, Poisson, Process, SubVP
-from .solvers import (ButcherTableau, NoiseSource, Solution, available_solvers, register_solver, sample,
-                      solve)
+from .solvers import (ButcherTableau, FieldError, NoiseSource, PIDController, Solution, available_solvers,
+                      register_solver, sample, solve)
+from .toy.exact import ExactField, exact_field
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Process", "Diffusion", "VE", "VP", "SubVP", "EDM", "LinearSDE", "PFGMPP", "Poisson", "SDE",
     "Field", "ExactField", "exact_field", "probability_flow", "reverse_sde", "ProbabilityFlowODE",
-    "ReverseSDE", "toy", "solve", "sample", "Solution", "available_solvers", "register_solver", "ButcherTableau",
-    "NoiseSource", "available_grids", "make_grid",
+    "ReverseSDE", "toy", "solvers", "solve", "sample", "Solution", "FieldError", "PIDController",
+    "available_solvers", "register_solver", "ButcherTableau", "NoiseSource", "available_grids", "make_grid",
 ]

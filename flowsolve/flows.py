@@ -10,6 +10,9 @@ For canonical processes the ODE drift is the field's ``velocity`` (the same expr
 written with ``s`` and ``sigma``), which also covers PFGM++ (``dx/dsigma = (x - D)/sigma``).
 A general :class:`~flowsolve.processes.SDE` needs a ``score`` callable, and only generic
 solvers apply to it.
+
+Flows are values: two flows of equal processes and the same field (or score) are equal.
+Keyword arguments given to ``drift`` go to the field (a network's class labels, ...).
 """
 
 from __future__ import annotations
@@ -19,24 +22,27 @@ from typing import Callable
 import torch
 
 from .fields import Field
-from .processes.base import Process
-from .processes.diffusions import Diffusion
-from .processes.sde import SDE
+from .processes import SDE, Diffusion, Process
 
 
 def _as_field(process, field) -> Field:
+    """``field`` as a :class:`Field` of ``process`` (a callable is taken as a denoiser)."""
     if isinstance(field, Field):
-        if field.process is not process:
-            raise ValueError("field was built for a different process object; pass the process it was made with")
+        if field.process != process:
+            raise ValueError(f"field was made for {field.process!r}, which is not the process given, {process!r}: "
+                             "pass the process the field was made for (processes compare by value)")
         return field
     if callable(field):
         return Field.from_denoiser(process, field)
     raise ValueError(f"field must be a flowsolve Field or a denoiser callable fn(x, t), got {type(field).__name__}")
 
 
-class ProbabilityFlowODE:
-    """``dx/dt = drift(x, t)`` on ``[t_min, t_max]``; carries ``process`` and ``field`` so
-    process-aware solvers can use them (``field`` is None for a general SDE)."""
+def _per_sample(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return g.reshape(g.shape[0], *([1] * (x.ndim - 1))) if g.ndim else g
+
+
+class _Flow:
+    """What both flows share: the process, the field (None for a general SDE) and value semantics."""
 
     def __init__(self, process, field: Field | None, score: Callable | None = None):
         self.process, self.field, self._score = process, field, score
@@ -46,40 +52,64 @@ class ProbabilityFlowODE:
     def canonical(self) -> bool:
         return self.field is not None
 
-    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+    def _key(self):
+        return (type(self), self.process, id(self.field), id(self._score))
+
+    def __eq__(self, other):
+        return isinstance(other, _Flow) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def _coefficient(self, name: str, t, x: torch.Tensor) -> torch.Tensor:
+        """``f(t)`` or ``g(t)`` of the forward SDE in x's dtype, per sample when t is a tensor. A
+        canonical process's float64 schedules are used directly (the solver entry checked the
+        times once); a general SDE's own callables otherwise."""
         if self.field is not None:
-            return self.field.velocity(x, t)
-        g = torch.as_tensor(self.process.diffusion(t), dtype=x.dtype, device=x.device)
-        g = g.unsqueeze(-1) if g.ndim else g
-        return self.process.drift(x, t) - 0.5 * g**2 * self._score(x, t)
+            t64 = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+            return _per_sample(getattr(self.process, "_" + name)(t64).to(x.dtype), x)
+        if name == "g":
+            return _per_sample(torch.as_tensor(self.process.diffusion(t), dtype=x.dtype, device=x.device), x)
+        raise AssertionError("a general SDE has no linear drift coefficient")
+
+    def _forward_drift(self, x, t):
+        if self.field is not None:
+            return self._coefficient("f", t, x) * x
+        return self.process.drift(x, t)
 
     def __repr__(self):
-        return f"ProbabilityFlowODE({self.process!r})"
+        return f"{type(self).__name__}({self.process!r})"
 
 
-class ReverseSDE:
-    """Reverse-time SDE ``dx = drift(x, t) dt + diffusion(t) dW̄``, integrated from
-    ``t_max`` down to ``t_min``."""
+class ProbabilityFlowODE(_Flow):
+    """``dx/dt = drift(x, t)`` on ``[t_min, t_max]``; carries ``process`` and ``field`` so
+    process-aware solvers can use them (``field`` is None for a general SDE)."""
 
-    def __init__(self, process, field: Field | None, score: Callable | None = None):
-        self.process, self.field = process, field
-        self._score = field.score if field is not None else score
-        self.t_min, self.t_max = process.t_min, process.t_max
+    def drift(self, x: torch.Tensor, t, **kwargs) -> torch.Tensor:
+        if self.field is not None:
+            return self.field.velocity(x, t, **kwargs)
+        return self._forward_drift(x, t) - 0.5 * self._coefficient("g", t, x) ** 2 * self._score(x, t, **kwargs)
 
-    @property
-    def canonical(self) -> bool:
-        return self.field is not None
 
-    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
-        g = torch.as_tensor(self.process.diffusion(t), dtype=x.dtype, device=x.device)
-        g = g.unsqueeze(-1) if g.ndim else g
-        return self.process.drift(x, t) - g**2 * self._score(x, t)
+class ReverseSDE(_Flow):
+    """Reverse-time SDE ``dx = drift(x, t) dt + diffusion(t) dW̄``, integrated from ``t_max``
+    down to ``t_min``."""
+
+    def drift(self, x: torch.Tensor, t, **kwargs) -> torch.Tensor:
+        score = self.field.score(x, t, **kwargs) if self.field is not None else self._score(x, t, **kwargs)
+        return self.drift_from_score(x, t, score)
+
+    def drift_from_score(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
+        """``f(t) x - g(t)^2 score`` for a score already evaluated at ``(x, t)``."""
+        return self._forward_drift(x, t) - self._coefficient("g", t, x) ** 2 * score
 
     def diffusion(self, t) -> torch.Tensor:
+        """``g(t)``, float64 (checked: t must lie in the span)."""
         return self.process.diffusion(t)
 
-    def __repr__(self):
-        return f"ReverseSDE({self.process!r})"
+    def diffusion_like(self, t, x: torch.Tensor) -> torch.Tensor:
+        """``g(t)`` in x's dtype, shaped to broadcast against x (unchecked: for solvers)."""
+        return self._coefficient("g", t, x)
 
 
 def _check_args(process, field, score, what):
@@ -100,8 +130,8 @@ def _check_args(process, field, score, what):
 
 
 def probability_flow(process, field=None, *, score: Callable | None = None) -> ProbabilityFlowODE:
-    """The probability-flow ODE of ``process`` driven by ``field`` (a :class:`Field` or a
-    denoiser callable), or by ``score=`` for a general :class:`SDE`."""
+    """The probability-flow ODE of ``process`` driven by ``field`` (a :class:`Field` made for an
+    equal process, or a denoiser callable), or by ``score=`` for a general :class:`SDE`."""
     return ProbabilityFlowODE(process, _check_args(process, field, score, "probability_flow"), score)
 
 
@@ -109,5 +139,6 @@ def reverse_sde(process, field=None, *, score: Callable | None = None) -> Revers
     """The reverse-time SDE of a diffusion (Gaussian kernel) or a general :class:`SDE`."""
     if isinstance(process, Process) and not isinstance(process, Diffusion):
         raise ValueError(f"reverse_sde needs a diffusion (VE, VP, SubVP, EDM, Diffusion, LinearSDE) or an SDE; "
-                         f"{type(process).__name__} has no forward SDE (use probability_flow)")
+                         f"{process!r} has no forward SDE (Poisson flows are defined by their kernel): use "
+                         "fs.probability_flow with an ODE solver")
     return ReverseSDE(process, _check_args(process, field, score, "reverse_sde"), score)

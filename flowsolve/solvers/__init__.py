@@ -1,12 +1,32 @@
-"""Solvers: registry, fixed-step and adaptive Runge-Kutta, exponential integrators and
-stochastic samplers, behind :func:`solve` and :func:`sample`."""
+"""Solvers behind :func:`solve` and :func:`sample`.
 
-from . import rk  # noqa: F401  (registers the Runge-Kutta solvers)
-from . import exponential  # noqa: F401
-from . import stochastic  # noqa: F401
+Every registered solver is also an attribute of this module, so ``help(fs.solvers.heun)`` shows
+its equations and options: fixed-step and adaptive Runge-Kutta (``rk``), exponential integrators
+(``exponential``) and stochastic samplers (``stochastic``). A fixed-step solver is a step function
+run by :func:`run_fixed_grid`; an adaptive one is a method run by :func:`run_adaptive` under a
+:class:`PIDController`; every field evaluation goes through a :class:`Term`, which counts it.
+"""
+
+from . import exponential, rk, stochastic
+from .adaptive import PIDController, run_adaptive
 from .api import sample, solve
-from .base import NoiseSource, Solution, SolverInfo, available_solvers, register_solver
-from .rk import ButcherTableau, rk_adaptive, rk_fixed
+from .exponential import (dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_3m,  # noqa: F401
+                          unipc)
+from .fixed import run_fixed_grid
+from .noise import BrownianMemory, GeneratorNoise, NoiseSource
+from .registry import SolverInfo, available_solvers, get_solver, register_solver
+from .rk import ButcherTableau, EmbeddedPair, rk_step
+from .saving import SaveAt
+from .solution import FAULT_KINDS, Solution
+from .stochastic import (adaptive_sde, ancestral, annealed_langevin, dpmpp_2m_sde, edm_stochastic,  # noqa: F401
+                         euler_maruyama, pc, reverse_diffusion)
+from .term import FieldError, Term
 
-__all__ = ["solve", "sample", "Solution", "SolverInfo", "NoiseSource", "available_solvers", "register_solver",
-           "ButcherTableau", "rk_fixed", "rk_adaptive"]
+# the Runge-Kutta solvers are made from their tableaus
+euler, midpoint, heun, ralston, rk4, bosh3, tsit5, dopri5 = (rk.SOLVERS[k] for k in (  # noqa: F401
+    "euler", "midpoint", "heun", "ralston", "rk4", "bosh3", "tsit5", "dopri5"))
+
+__all__ = ["solve", "sample", "Solution", "FAULT_KINDS", "SolverInfo", "available_solvers", "register_solver",
+           "get_solver", "PIDController", "run_fixed_grid", "run_adaptive", "SaveAt", "Term", "FieldError",
+           "NoiseSource", "GeneratorNoise", "BrownianMemory", "ButcherTableau", "EmbeddedPair", "rk_step",
+           *rk.SOLVERS, *exponential.SOLVERS, *stochastic.SOLVERS]

@@ -1,157 +1,418 @@
-"""The two entry points: :func:`solve` integrates any flow, :func:`sample` draws samples
-from a process and a field (prior at ``t_max`` -> data at ``t_min``)."""
+"""The two entry points: :func:`solve` integrates any flow, :func:`sample` draws samples from a
+process and a field (prior at ``t_max`` -> data at ``t_min``).
+
+Both validate everything once, here, before any work -- the solver and its options, the state,
+the flow against the solver's kind, the times, the randomness arguments -- and then run the
+solver with a :class:`~flowsolve.solvers.term.Term` (which counts evaluations) under
+``torch.no_grad()`` unless ``differentiable=True``.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .._validation import check_int
-from ..flows import _as_field, probability_flow, reverse_sde
+from .._validation import (check_bool, check_device, check_float_dtype, check_int, check_real,
+                           check_time_range)
+from ..fields import Field
+from ..flows import ProbabilityFlowODE, ReverseSDE, _as_field, probability_flow, reverse_sde
 from ..grids import make_grid
-from ..processes.diffusions import Diffusion
-from ..processes.sde import require_canonical
-from .base import GeneratorNoise, NoiseSource, Solution, get_solver
+from ..processes import Diffusion, require_canonical
+from .adaptive import PIDController
+from .fixed import denoise_final as _denoise_final
+from .noise import GeneratorNoise, NoiseSource
+from .registry import SolverInfo, get_solver
+from .saving import SaveAt
+from .solution import Solution, empty_solution
+from .term import Term
 
 PRIOR_STREAM, SOLVER_STREAM = 0, 1
+MAX_STEPS = 10**7  # steps, nfe: a grid this long is 80 MB of float64 times
 
 
-def _check_state(x, name="x"):
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor of shape (n, dim), got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+# ---------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------
+
+def _check_state(x, name: str = "x") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor of shape (n, *event_shape), got {type(x).__name__}")
+    check_float_dtype(f"{name}.dtype", x.dtype)
+    check_device(f"{name}.device", x.device)
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (n, *event_shape) with at least one event dimension (for scalar "
+                         f"data use shape (n, 1)), got shape {tuple(x.shape)}")
+    return x
 
 
-def _check_times(flow, ts, adaptive: bool) -> torch.Tensor:
-    t = torch.as_tensor(ts, dtype=torch.float64).detach().cpu().reshape(-1)
-    if adaptive and t.numel() != 2:
-        raise ValueError(f"adaptive solvers take ts=(t0, t1), got {t.numel()} times")
-    if t.numel() < 2:
-        raise ValueError(f"ts must hold at least 2 times, got {t.numel()}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError("ts must be finite")
-    d = t[1:] - t[:-1]
-    if not (bool((d < 0).all()) or bool((d > 0).all())):
-        raise ValueError("ts must be strictly monotone (increasing or decreasing)")
+def _describe(flow) -> str:
+    process = getattr(flow, "process", None)
+    return f"{type(flow).__name__} of {process!r}" if process is not None else f"a {type(flow).__name__}"
+
+
+def _check_flow(flow, info: SolverInfo, event_shape: tuple):
+    """The flow suits the solver: drift present; an SDE for a stochastic solver and an ODE for a
+    deterministic one; a canonical process and a field for process-aware solvers."""
+    if not callable(getattr(flow, "drift", None)):
+        raise ValueError(f"flow must have a drift(x, t) (e.g. fs.probability_flow(process, field)), got "
+                         f"{type(flow).__name__}")
+    is_sde = callable(getattr(flow, "diffusion", None))
+    process, field = getattr(flow, "process", None), getattr(flow, "field", None)
+    if info.kind == "ode" and is_sde:
+        raise ValueError(f"solver {info.name!r} ({info.category}) integrates an ODE, but it was given a stochastic "
+                         f"flow ({_describe(flow)}), whose noise it would ignore: pass "
+                         "fs.probability_flow(process, field) for deterministic sampling, or use a stochastic solver "
+                         f"({', '.join(_names('sde'))})")
+    if info.kind == "sde" and not is_sde:
+        if isinstance(flow, ProbabilityFlowODE) and isinstance(process, Diffusion):
+            fix = "pass fs.reverse_sde(process, field) instead"
+        elif process is not None and not isinstance(process, Diffusion) and field is not None:
+            fix = (f"{type(process).__name__} has no forward SDE (Poisson flows are defined by their kernel), so it "
+                   "has no reverse SDE either")
+        else:
+            fix = "pass a flow with drift(x, t) and diffusion(t) (fs.reverse_sde, or a general fs.SDE's)"
+        raise ValueError(f"solver {info.name!r} ({info.category}) samples a reverse SDE, but it was given "
+                         f"{_describe(flow)}, which has no noise term: {fix}; or use an ODE solver "
+                         f"({', '.join(_names('ode'))})")
+    if info.process_aware:
+        if field is None:
+            raise ValueError(f"solver {info.name!r} is process-aware: it needs a flow made by fs.probability_flow or "
+                             "fs.reverse_sde from a canonical process (VE, VP, SubVP, EDM, PFGMPP, Poisson, Diffusion, "
+                             f"LinearSDE) and a field; got {_describe(flow)} without a field (a general SDE or a plain "
+                             "ODE has no scale/sigma to work with)")
+        require_canonical(process, f"solver {info.name!r}")
+        if info.kind == "sde" and getattr(process.kernel, "name", None) != "gaussian":
+            raise ValueError(f"solver {info.name!r} samples a reverse SDE, which only Gaussian-kernel diffusions have; "
+                             f"{process!r} has no SDE. Sample it with an ODE solver on fs.probability_flow")
+    shape = getattr(field, "event_shape", None) if field is not None else None
+    if shape is not None and tuple(event_shape) != tuple(shape):
+        raise ValueError(f"the state has event shape {tuple(event_shape)}, but the field's is {tuple(shape)}: it must "
+                         f"have shape (n, {', '.join(map(str, shape))})")
+
+
+def _names(kind: str) -> list[str]:
+    from .registry import _REGISTRY
+
+    picks = {"ode": ["heun", "dpmpp_2m", "dopri5"], "sde": ["euler_maruyama", "edm_stochastic", "adaptive_sde"]}
+    return [name for name in picks[kind] if name in _REGISTRY]
+
+
+def _as_times(ts, name: str = "ts") -> torch.Tensor:
+    if isinstance(ts, torch.Tensor):
+        given = ts.detach()
+        if given.dtype == torch.bool or given.is_complex():
+            raise ValueError(f"{name} must be real times, got dtype {given.dtype}")
+    else:
+        try:
+            given = torch.as_tensor(ts, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{name} must be a 1-D sequence of times, got {type(ts).__name__}: {err}") from None
+    if given.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(given.shape)}")
+    if given.numel() < 2:
+        raise ValueError(f"{name} must hold at least 2 times, got {given.numel()}")
+    if not bool(torch.isfinite(given).all()):
+        raise ValueError(f"{name} must be finite")
+    return given
+
+
+def _check_times(flow, ts, info: SolverInfo, steps, dt) -> torch.Tensor:
+    """The grid (fixed-step) or span (adaptive) as a float64 CPU tensor."""
+    given = _as_times(ts)
     lo, hi = getattr(flow, "t_min", None), getattr(flow, "t_max", None)
     if lo is not None and hi is not None:
-        slack = 1e-9 * max(abs(lo), abs(hi))
-        if float(t.min()) < lo - slack or float(t.max()) > hi + slack:
-            raise ValueError(f"ts must lie in the flow's span [{lo!r}, {hi!r}], got [{float(t.min())!r}, {float(t.max())!r}]")
+        check_time_range("ts", given, lo, hi)  # the slack is sized by the dtype of the given times
+    t = given.to(torch.float64).cpu()
+    if lo is not None and hi is not None:
+        t = t.clamp(lo, hi)  # within the slack: onto the span
+    d = t[1:] - t[:-1]
+    if not (bool((d < 0).all()) or bool((d > 0).all())):
+        raise ValueError(f"ts must be strictly monotone (increasing or decreasing), got {t.tolist()!r}")
+    if info.adaptive:
+        if steps is not None or dt is not None:
+            raise ValueError(f"solver {info.name!r} is adaptive: it chooses its own steps (give rtol/atol or a "
+                             "controller), not steps= or dt=")
+        if t.numel() != 2:
+            raise ValueError(f"solver {info.name!r} is adaptive: ts must be the span (t0, t1), got {t.numel()} times; "
+                             "to record the state at intermediate times pass save_at=[...]")
+        return t
+    if steps is not None and dt is not None:
+        raise ValueError("give steps= or dt=, not both")
+    if steps is not None or dt is not None:
+        if t.numel() != 2:
+            raise ValueError(f"steps=/dt= divide the span (t0, t1) into equal steps; ts holds {t.numel()} times "
+                             "(a full grid): pass the grid alone, or only its two ends")
+        t0, t1 = float(t[0]), float(t[1])
+        if dt is not None:
+            dt = check_real("dt", dt, minimum=0.0, strict_min=True)
+            steps = max(1, math.ceil(abs(t1 - t0) / dt - 1e-9))
+            if steps > MAX_STEPS:
+                raise ValueError(f"dt={dt!r} makes {steps} steps over the span; at most {MAX_STEPS} are allowed")
+        steps = check_int("steps", steps, 1, MAX_STEPS)
+        t = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
+        t[-1] = t1
+        return t
+    if t.numel() == 2:
+        raise ValueError(f"solver {info.name!r} is fixed-step: ts={t.tolist()} would be ONE step; pass steps=N (N equal "
+                         "steps over the span) or dt=, or the whole grid ts=[t0, t1, ..., tN]")
+    if info.kind == "sde" and info.process_aware and not bool((d < 0).all()):
+        raise ValueError(f"solver {info.name!r} runs from the prior end to the data end: ts must decrease, "
+                         f"got {t.tolist()!r}")
     return t
 
 
-def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, seed: int = 0, noise: NoiseSource | None = None,
-          generator: torch.Generator | None = None, save_at=None, **options) -> Solution:
-    """Integrate ``flow`` (anything with ``drift(x, t)``, plus ``diffusion(t)`` for an SDE)
-    from ``ts[0]`` to ``ts[-1]``.
+def _split_controller(info: SolverInfo, controller, options: dict):
+    """Solver options, and the controller of an adaptive solver (its fields given as options
+    replace the solver's defaults)."""
+    info.check_options(options)
+    names = PIDController.option_names()
+    fields = {k: options.pop(k) for k in list(options) if k in names and k not in info.options}
+    if not info.adaptive:
+        if controller is not None:
+            raise ValueError(f"controller= is for adaptive solvers; {info.name!r} is {info.category}")
+        return options, None
+    if controller is not None:
+        if not isinstance(controller, PIDController):
+            raise ValueError(f"controller must be a fs.PIDController, got {type(controller).__name__}")
+        if fields:
+            raise ValueError(f"give the controller's settings in controller= or as options, not both (got "
+                             f"controller= and {sorted(fields)})")
+        return options, controller
+    return options, info.default_controller.with_options(**fields)
 
-    ``ts`` is a 1-D grid for fixed-step solvers (they step exactly on it) or ``(t0, t1)``
-    for adaptive ones (options ``rtol``, ``atol``, ``max_steps``, ``shared_step``). Time may
-    run backwards. SDE solvers draw from per-sample streams of ``seed``, or from ``noise=`` (a
-    :class:`NoiseSource`) or one ``generator=`` for the whole batch.
-    ``drift`` receives t as a Python float, or as a float64 tensor of shape ``(n,)`` when
-    samples sit at different times (adaptive solvers).
+
+def _check_common(extra_args, callback, differentiable):
+    if extra_args is not None:
+        if not isinstance(extra_args, dict) or not all(isinstance(k, str) for k in extra_args):
+            raise ValueError(f"extra_args must be a dict of keyword arguments for the field, got {extra_args!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be a callable callback(i, t, x, denoised), got {type(callback).__name__}")
+    return check_bool("differentiable", differentiable)
+
+
+def _execute(flow, x: torch.Tensor, ts: torch.Tensor, info: SolverInfo, options: dict, *, save_at, noise,
+             controller, extra_args, callback, differentiable: bool, denoise_at: float | None = None) -> Solution:
+    """Run the solver (everything checked before)."""
+    t0, t1 = float(ts[0]), float(ts[-1])
+    save = None if save_at is None or save_at is False else SaveAt(save_at, t0, t1, None if info.adaptive else ts)
+    if controller is not None:
+        controller.check_resolvable(x.dtype)
+    if x.shape[0] == 0:
+        sol = empty_solution(x.detach().clone(), t1)
+        if save is not None:
+            save.start(sol.x, t0)
+            sol.ts, sol.xs = save.result()
+        return sol
+    term = Term.for_state(flow, x, info.name, extra_args, callback)
+    kwargs = dict(options)
+    if info.kind == "sde":
+        kwargs["noise"] = noise
+    if info.adaptive:
+        kwargs["controller"] = controller
+    with torch.enable_grad() if differentiable else torch.no_grad():
+        sol = info.fn(term, x.clone(), ts, save=save, **kwargs)
+        if denoise_at is not None:
+            sol = _denoise_final(term, sol, denoise_at)
+    return sol
+
+
+def _noise_for(info, seed, noise, generator, x, offset=0):
+    """The noise source of a stochastic solver, or a refusal of randomness arguments that an ODE
+    solver would ignore."""
+    if info.kind == "ode":
+        given = [name for name, v in (("seed", seed), ("noise", noise), ("generator", generator)) if v is not None]
+        if given:
+            raise ValueError(f"{'/'.join(given)} given, but solver {info.name!r} ({info.category}) draws no noise: "
+                             "remove it (or use a stochastic solver)")
+        return None
+    if sum(v is not None for v in (seed, noise, generator)) > 1:
+        raise ValueError("give one of seed, noise or generator")
+    if noise is not None:
+        if not isinstance(noise, NoiseSource):
+            raise ValueError(f"noise must be a fs.NoiseSource, got {type(noise).__name__}")
+        if noise.n != x.shape[0] or noise.event_shape != tuple(x.shape[1:]):
+            raise ValueError(f"noise draws shape ({noise.n}, {', '.join(map(str, noise.event_shape))}) but x has shape "
+                             f"{tuple(x.shape)}")
+        return noise
+    if generator is not None:
+        return GeneratorNoise(generator, x.shape[0], x.shape[1:], dtype=x.dtype, device=x.device)
+    seed = 0 if seed is None else check_int("seed", seed, 0)
+    return NoiseSource(seed, x.shape[0], x.shape[1:], dtype=x.dtype, device=x.device, offset=offset,
+                       stream=SOLVER_STREAM)
+
+
+# ---------------------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------------------
+
+def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, steps: int | None = None, dt: float | None = None,
+          seed: int | None = None, noise: NoiseSource | None = None, generator: torch.Generator | None = None,
+          save_at=None, extra_args: dict | None = None, callback=None, differentiable: bool = False,
+          controller: PIDController | None = None, **options) -> Solution:
+    """Integrate ``flow`` (anything with ``drift(x, t)``, plus ``diffusion(t)`` for an SDE) from
+    ``ts[0]`` to ``ts[-1]``, for a batch ``x`` of shape ``(n, *event_shape)``.
+
+    Times: a fixed-step solver steps exactly on the grid ``ts``, or on ``steps=N`` equal steps
+    (or steps of at most ``dt=``) over the span ``ts = (t0, t1)``; a bare two-point span is refused
+    (it would be one step). An adaptive solver takes the span ``(t0, t1)`` and ``rtol``/``atol``
+    (shortcuts for fields of its :class:`~flowsolve.PIDController`), or ``controller=``. Time may
+    run backwards.
+
+    Randomness (stochastic solvers only): per-sample streams of ``seed`` (default 0), or ``noise=``
+    (a :class:`~flowsolve.NoiseSource`), or one ``generator=`` for the whole batch.
+
+    ``extra_args`` go to the field at every evaluation (class labels, ...; a tensor whose first
+    dimension is n is taken as one row per sample and sliced with the batch when a solver
+    evaluates some samples only; anything else is passed unchanged); ``callback(i, t, x, denoised)`` runs after each step;
+    ``save_at`` (True or times) records the trajectory in ``Solution.ts``/``xs``. The solve builds
+    no autograd graph unless ``differentiable=True``. ``drift`` receives t as a Python float, or
+    as a float64 tensor of shape ``(n,)`` when samples sit at different times (adaptive solvers).
+    Options are the solver's own (``fs.available_solvers()[solver]["options"]``).
     """
     info = get_solver(solver)
-    _check_state(x)
-    ts = _check_times(flow, ts, info.adaptive)
-    if info.process_aware and getattr(flow, "field", None) is None:
-        raise ValueError(f"solver {solver!r} is process-aware: it needs a flow made by fs.probability_flow or "
-                         "fs.reverse_sde from a canonical process (VE, VP, SubVP, EDM, PFGMPP, Poisson, Diffusion, "
-                         "LinearSDE) and a field; a general SDE or a plain ODE has no scale/sigma to work with")
-    if info.kind == "sde":
-        if not callable(getattr(flow, "diffusion", None)):
-            process = getattr(flow, "process", None)
-            what = f"{type(process).__name__} has no forward SDE" if process is not None else "flow has no diffusion(t)"
-            raise ValueError(f"solver {solver!r} integrates a reverse SDE, but {what}: use fs.reverse_sde on a "
-                             "diffusion (VE, VP, SubVP, EDM, Diffusion, LinearSDE) or a general fs.SDE, or an ODE solver")
-        if info.process_aware:
-            require_canonical(flow.process, f"solver {solver!r}")
-        if noise is not None and generator is not None:
-            raise ValueError("give noise or generator, not both")
-        if generator is not None:
-            noise = GeneratorNoise(generator, x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
-        elif noise is None:
-            noise = NoiseSource(seed, x.shape[0], x.shape[1], dtype=x.dtype, device=x.device, stream=SOLVER_STREAM)
-        options["noise"] = noise
-    if save_at is not None:
-        options["save_at"] = save_at
-    return info.fn(flow, x.clone(), ts, **options)
+    x = _check_state(x)
+    _check_flow(flow, info, tuple(x.shape[1:]))
+    ts = _check_times(flow, ts, info, steps, dt)
+    options, controller = _split_controller(info, controller, dict(options))
+    differentiable = _check_common(extra_args, callback, differentiable)
+    source = _noise_for(info, seed, noise, generator, x)
+    return _execute(flow, x, ts, info, options, save_at=save_at, noise=source, controller=controller,
+                    extra_args=extra_args, callback=callback, differentiable=differentiable)
 
 
 def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = None, nfe: int | None = None,
-           grid: str = "karras", seed: int = 0, x_init: torch.Tensor | None = None, dtype=None,
-           device=None, denoise_final: bool = False, offset: int = 0, ts=None, rho: float | None = None,
-           generator: torch.Generator | None = None, **options) -> Solution:
+           grid: str | None = None, ts=None, rho: float | None = None, shape=None, seed: int | None = None,
+           offset: int | None = None, generator: torch.Generator | None = None, x_init: torch.Tensor | None = None,
+           dtype=None, device=None, denoise_final: bool = False, save_at=None, extra_args: dict | None = None,
+           callback=None, differentiable: bool = False, controller: PIDController | None = None,
+           **options) -> Solution:
     """Draw ``n`` samples: prior at ``t_max`` -> data at ``t_min``.
 
-    Exactly one of ``steps`` or ``nfe`` fixes the budget of a fixed-step solver (with ``nfe``
-    the step count is the largest whose evaluations fit, the final denoising included);
-    adaptive solvers take ``rtol``/``atol`` instead. ``grid`` names a time grid
-    (``fs.available_grids()``; ``grid="explicit"`` with ``ts=``). ``x_init`` reuses given
-    prior points. ``denoise_final`` ends with the step to sigma = 0, i.e. returns
-    ``D(x; t_min)`` (one more evaluation). Sample ``offset + i`` has its own noise streams;
-    ``generator=`` draws prior and noise from one generator instead (batch-dependent).
+    Budget: a fixed-step solver takes exactly one of ``steps`` or ``nfe`` (with ``nfe`` the step
+    count is the largest whose evaluations fit, the final denoising included) on the time grid
+    ``grid`` (default "karras"; ``fs.available_grids()``; ``rho=`` for karras; ``grid="explicit"``
+    with ``ts=``); an adaptive solver takes ``rtol``/``atol`` or ``controller=`` instead, and no grid.
+
+    Shape: each sample has shape ``shape`` (e.g. ``(3, 32, 32)``), else the field's own
+    ``event_shape``, else ``x_init``'s. ``x_init`` gives the prior points instead of drawing them.
+    ``denoise_final`` ends with the step to sigma = 0, i.e. returns ``D(x; t_min)`` (one more
+    evaluation, fault-checked per sample like the others).
+
+    Randomness: sample ``offset + i`` (offset default 0) has its own streams of ``seed`` (default 0)
+    for the prior and the solver's noise; ``generator=`` draws both from one generator instead
+    (then sample i depends on the batch). An ODE solver with ``x_init`` draws nothing, so
+    ``seed``/``offset``/``generator`` are refused there. The rest is as in :func:`solve`.
     """
     require_canonical(process, "sample")
     info = get_solver(solver)
     field = _as_field(process, field)
-    n = check_int("n", n, 1)
+    n = check_int("n", n, 0)
+    denoise_final = check_bool("denoise_final", denoise_final)
+    differentiable = _check_common(extra_args, callback, differentiable)
+    options, controller = _split_controller(info, controller, dict(options))
+    # the state: shape, dtype, device
     if x_init is not None:
-        _check_state(x_init, "x_init")
-    if dtype is None:  # x_init's dtype, else float32
-        dtype = x_init.dtype if x_init is not None else torch.float32
-    if ts is not None and grid != "explicit":
-        raise ValueError(f"ts= is for grid='explicit'; grid={grid!r} makes its own times")
-    if rho is not None and grid != "karras":
-        raise ValueError(f"rho= is for grid='karras', got grid={grid!r}")
-    dim = field.dim if x_init is None else x_init.shape[-1]
-    if dim is None:
-        raise ValueError("the field does not know the data dimension: pass x_init")
+        x_init = _check_state(x_init, "x_init")
+        if x_init.shape[0] != n:
+            raise ValueError(f"x_init must hold n={n} points, got {x_init.shape[0]}")
+    event = _event_shape(shape, field, x_init)
+    dtype = check_float_dtype("dtype", dtype if dtype is not None else (x_init.dtype if x_init is not None
+                                                                          else torch.float32))
+    device = check_device("device", device if device is not None else (x_init.device if x_init is not None
+                                                                        else None))
+    # randomness
+    draws_prior = x_init is None
+    if not draws_prior and info.kind == "ode":
+        given = [k for k, v in (("seed", seed), ("offset", offset), ("generator", generator)) if v is not None]
+        if given:
+            raise ValueError(f"{'/'.join(given)} given, but nothing is drawn: x_init= fixes the prior and solver "
+                             f"{info.name!r} ({info.category}) draws no noise")
+    if seed is not None and generator is not None:
+        raise ValueError("give seed (per-sample streams) or generator (one for the batch), not both")
+    if offset is not None and generator is not None:
+        raise ValueError("offset= selects per-sample streams of seed; it has no meaning with generator=")
+    seed = 0 if seed is None else check_int("seed", seed, 0)
+    offset = 0 if offset is None else check_int("offset", offset, 0)
+    # times
+    times = _sample_times(process, info, options, grid, steps, nfe, ts, rho, denoise_final)
+    # flow
+    if info.kind == "sde":
+        if not isinstance(process, Diffusion):
+            raise ValueError(f"solver {info.name!r} ({info.category}) samples a reverse SDE, but {process!r} has no "
+                             "forward SDE (Poisson flows are defined by their kernel): use an ODE solver "
+                             f"({', '.join(_names('ode'))})")
+        flow = reverse_sde(process, field)
+    else:
+        flow = probability_flow(process, field)
+    _check_flow(flow, info, event)
+    # the prior
+    if x_init is None:
+        prior = (GeneratorNoise(generator, n, event, device=device) if generator is not None else
+                 NoiseSource(seed, n, event, device=device, offset=offset, stream=PRIOR_STREAM))
+        x_init = (process.prior_std * prior.kernel_noise(process.kernel)).to(dtype)  # scaled in float64, cast once
+    else:
+        x_init = x_init.to(dtype=dtype, device=device)
+    noise = None
+    if info.kind == "sde":
+        noise = (GeneratorNoise(generator, n, event, dtype=dtype, device=device) if generator is not None else
+                 NoiseSource(seed, n, event, dtype=dtype, device=device, offset=offset, stream=SOLVER_STREAM))
+    sol = _execute(flow, x_init, times, info, options, save_at=save_at, noise=noise, controller=controller,
+                   extra_args=extra_args, callback=callback, differentiable=differentiable,
+                   denoise_at=process.t_min if denoise_final else None)
+    sol.extras["grid"] = times
+    return sol
+
+
+def _event_shape(shape, field: Field, x_init):
+    known = field.event_shape
+    if shape is not None:
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            shape = (shape,)
+        try:
+            shape = tuple(check_int("shape", s, 1) for s in shape)
+        except TypeError:
+            raise ValueError(f"shape must be a tuple of positive ints (one sample's shape), got {shape!r}") from None
+        if not shape:
+            raise ValueError("shape must have at least one dimension (for scalar data use shape=(1,))")
+    for name, other in (("the field's event_shape", known), ("x_init's", None if x_init is None
+                                                              else tuple(x_init.shape[1:]))):
+        if other is None:
+            continue
+        if shape is not None and tuple(other) != shape:
+            raise ValueError(f"shape={shape} does not match {name} {tuple(other)}")
+        shape = tuple(other)
+    if shape is None:
+        raise ValueError("the field does not know the shape of a sample: pass shape=(...) (e.g. shape=(3, 32, 32)), "
+                         "or x_init, or make the field with event_shape=")
+    return shape
+
+
+def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho, denoise_final) -> torch.Tensor:
     extra = 1 if denoise_final else 0
     if info.adaptive:
-        if steps is not None or nfe is not None:
-            raise ValueError(f"solver {solver!r} is adaptive: give rtol/atol (and max_steps), not steps or nfe")
-        times = (process.t_max, process.t_min)
-    elif grid == "explicit":
+        given = [k for k, v in (("grid", grid), ("steps", steps), ("nfe", nfe), ("ts", ts), ("rho", rho))
+                 if v is not None]
+        if given:
+            raise ValueError(f"solver {info.name!r} is adaptive: it chooses its own steps from its tolerances, so "
+                             f"{'/'.join(given)} would be ignored; give rtol/atol or controller= instead")
+        return torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
+    grid = "karras" if grid is None else grid
+    if grid == "explicit":
         if steps is not None or nfe is not None:
             raise ValueError("grid='explicit' takes its steps from ts=; do not pass steps or nfe")
         times = make_grid(process, grid, ts=ts)
         if not bool((times[1:] < times[:-1]).all()):
             raise ValueError("ts must decrease: sample runs from the prior (t_max) to the data (t_min)")
-    else:
-        if (steps is None) == (nfe is None):
-            raise ValueError("give exactly one of steps or nfe")
-        if nfe is not None:
-            nfe = check_int("nfe", nfe, 1)
-            per_step = info.nfe_per_step_for(options)
-            steps = info.max_steps_within(nfe - extra, options)
-            if steps < 1:
-                raise ValueError(f"nfe={nfe} is below one step of {solver!r} ({per_step} NFE per step"
-                                 f"{' + 1 for the final denoising' if extra else ''})")
-        times = make_grid(process, grid, steps, **({} if rho is None else {"rho": rho}))
-    if x_init is None:
-        prior = (GeneratorNoise(generator, n, dim, dtype=dtype, device=device) if generator is not None else
-                 NoiseSource(seed, n, dim, dtype=dtype, device=device, offset=offset, stream=PRIOR_STREAM))
-        x_init = process.prior_std * prior.kernel_noise(process.kernel)
-    else:
-        if field.dim is not None and x_init.shape[1] != field.dim:
-            raise ValueError(f"x_init must have last dimension {field.dim} (the data dimension), "
-                             f"got shape {tuple(x_init.shape)}")
-        if x_init.shape[0] != n:
-            raise ValueError(f"x_init must hold n={n} points, got {x_init.shape[0]}")
-        x_init = x_init.to(dtype=dtype, device=device if device is not None else x_init.device)
-    if info.kind == "sde" and isinstance(process, Diffusion):
-        flow = reverse_sde(process, field)
-    else:  # an SDE solver on PFGM++ is refused by solve() with the reason
-        flow = probability_flow(process, field)
-    noise = None
-    if info.kind == "sde" and generator is None:
-        noise = NoiseSource(seed, n, dim, dtype=x_init.dtype, device=x_init.device, offset=offset, stream=SOLVER_STREAM)
-    sol = solve(flow, x_init, times, solver, noise=noise, generator=generator if info.kind == "sde" else None,
-                **options)
-    if denoise_final and sol.success:
-        sol.x = field.denoiser(sol.x, process.t_min)
-        sol.nfe = sol.nfe + 1
-    sol.extras["grid"] = times
-    return sol
+        return times
+    if ts is not None:
+        raise ValueError(f"ts= is for grid='explicit'; grid={grid!r} makes its own times")
+    if (steps is None) == (nfe is None):
+        raise ValueError(f"solver {info.name!r} is fixed-step: give exactly one of steps or nfe")
+    if nfe is not None:
+        nfe = check_int("nfe", nfe, 1, MAX_STEPS)
+        steps = info.max_steps_within(nfe - extra, options)
+        if steps < 1:
+            raise ValueError(f"nfe={nfe} is below one step of {info.name!r} ({info.nfe_per_step_for(options)} NFE per "
+                             f"step{' + 1 for the final denoising' if extra else ''})")
+    return make_grid(process, grid, steps, **({} if rho is None else {"rho": rho}))

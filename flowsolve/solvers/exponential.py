@@ -26,7 +26,7 @@ for small ``|z|``):
   steps, the last steps drop to lower orders (the reference code's ``lower_order_final``).
   3M integrates the quadratic interpolant of ``D`` exactly: its second-difference term has
   twice the coefficient of the reference codes (LuChengTHU/dpm-solver, diffusers, k-diffusion),
-  whose version is only second order (see docs/solvers_exponential.md).
+  whose version (``variant="published"``) is only second order (see docs/solvers_exponential.md).
 * ``unipc`` -- UniPC (Zhao et al. 2023) with ``B(h) = e^h - 1`` (``bh2``), data
   prediction, predictor UniP-2 and corrector UniC, 1 NFE per step: the evaluation at the
   predicted point serves the corrector and the next predictor; no corrector after the last step.
@@ -39,7 +39,9 @@ import math
 import numpy as np
 import torch
 
-from .base import Solution, register_solver, run_fixed_grid
+from .._validation import check_bool
+from .fixed import run_fixed_grid
+from .registry import register_solver
 
 # Multistep solvers use lower orders at the end only for fewer steps than this (as in the
 # reference DPM-Solver code, ``lower_order_final and steps < 10``).
@@ -67,62 +69,24 @@ def phi(k: int, z: float) -> float:
     return val
 
 
-# -- shared plumbing ----------------------------------------------------------------------
+class LambdaGrid:
+    """A grid ``ts`` seen in ``(t, s, sigma, lambda = -log sigma)``, float64 Python floats."""
 
-class _Run:
-    """State of one fixed-step run: the grid in (s, sigma, lambda), NFE counts, saving,
-    finiteness checks and the final :class:`Solution` (laid out as ``rk_fixed``'s)."""
-
-    def __init__(self, solver: str, flow, x: torch.Tensor, ts, save_at):
-        field = getattr(flow, "field", None)
-        process = getattr(flow, "process", None)
-        if field is None or process is None:
-            raise ValueError(
-                f"solver {solver!r} is an exponential integrator: it needs a flow made by fs.probability_flow "
-                "from a canonical process (VE, VP, SubVP, EDM, PFGMPP, Poisson, Diffusion, LinearSDE) and a "
-                "field; this flow has no field (a general SDE or plain ODE has no scale/sigma to work with)")
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-            raise ValueError("x must be a floating-point tensor of shape (n, dim)")
-        ts = torch.as_tensor(ts, dtype=torch.float64).detach().cpu().reshape(-1)
-        if ts.numel() < 2:
-            raise ValueError(f"ts must hold at least 2 times, got {ts.numel()}")
-        self.solver, self.field, self.process, self.ts = solver, field, process, ts
+    def __init__(self, term, ts: torch.Tensor):
+        p = term.process
         self.t = ts.tolist()
-        self.s = process.scale(ts).tolist()
-        self.sigma = process.sigma(ts).tolist()
+        self.s = p._scale(ts).tolist()
+        self.sigma = p._sigma(ts).tolist()
         self.lam = [-math.log(v) for v in self.sigma]
         self.n_steps = len(self.t) - 1
-        self.nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        self.x, self.save_at, self.orders = x, save_at, None
-
-    # field evaluations, counted per sample
-    def denoise(self, x, t: float) -> torch.Tensor:
-        self.nfe += 1
-        return self.field.denoiser(x, t)
-
-    def eps(self, x, t: float) -> torch.Tensor:
-        self.nfe += 1
-        return self.field.eps(x, t)
-
-    def inner_point(self, i: int, r: float):
-        """Time, scale and sigma at ``lambda_i + r h`` inside step i (``sigma = sigma_i^(1-r) sigma_{i+1}^r``)."""
-        h = self.lam[i + 1] - self.lam[i]
-        sig = self.sigma[i] * math.exp(-r * h)
-        t = float(self.process.t_of_sigma(torch.tensor(sig, dtype=torch.float64)))
-        return t, float(self.process.scale(t)), sig
 
     def linear_terms(self, i: int):
         """``s_{i+1}``, ``sigma^dpm_{i+1} / sigma^dpm_i`` and ``h = lambda_{i+1} - lambda_i`` of step i."""
         ratio = (self.s[i + 1] * self.sigma[i + 1]) / (self.s[i] * self.sigma[i])
         return self.s[i + 1], ratio, self.lam[i + 1] - self.lam[i]
 
-    def run(self, step) -> Solution:
-        """The shared fixed-grid loop (finiteness checks, saving, the Solution) over ``step``."""
-        return run_fixed_grid(self.x, self.ts, self.save_at, self.nfe, lambda i, x, t0, t1: step(i, x),
-                              extras={"orders": self.orders})
 
-
-def _multistep_order(i: int, n_steps: int, order: int, lower_order_final: bool) -> int:
+def multistep_order(i: int, n_steps: int, order: int, lower_order_final: bool) -> int:
     """Order of step i (0-based) of an ``order``-step method: warm-up ``min(order, i+1)``; with
     ``lower_order_final`` and fewer than 10 steps also ``<= n_steps - i`` (last step order 1)."""
     k = min(order, i + 1)
@@ -133,106 +97,135 @@ def _multistep_order(i: int, n_steps: int, order: int, lower_order_final: bool) 
 
 # -- single-step DPM-Solver (noise prediction) ---------------------------------------------
 
-def _dpm_solver(order: int, flow, x, ts, save_at):
-    run = _Run(f"dpm_solver_{order}", flow, x, ts, save_at)
-    r1, r2 = (0.5, None) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
-    run.orders = [order] * run.n_steps
-
-    def step(i, x):
-        t_s = run.t[i]
-        s_s, s_t = run.s[i], run.s[i + 1]
-        sd_t = s_t * run.sigma[i + 1]  # sigma^dpm_t
-        h = run.lam[i + 1] - run.lam[i]
-        e_s = run.eps(x, t_s)
-        base = (s_t / s_s) * x
-        c1 = sd_t * h * phi(1, h)  # sigma^dpm_t (e^h - 1)
-        if order == 1:
-            x_new = base - c1 * e_s
-        else:
-            t1, s1, sig1 = run.inner_point(i, r1)
-            x1 = (s1 / s_s) * x - (s1 * sig1 * r1 * h * phi(1, r1 * h)) * e_s
-            e_1 = run.eps(x1, t1)
-            if order == 2:
-                x_new = base - c1 * e_s - (0.5 / r1) * c1 * (e_1 - e_s)
-            else:
-                t2, s2, sig2 = run.inner_point(i, r2)
-                sd2 = s2 * sig2
-                x2 = ((s2 / s_s) * x - (sd2 * r2 * h * phi(1, r2 * h)) * e_s
-                      - (r2 / r1) * (sd2 * r2 * h * phi(2, r2 * h)) * (e_1 - e_s))
-                e_2 = run.eps(x2, t2)
-                x_new = base - c1 * e_s - (1.0 / r2) * (sd_t * h * phi(2, h)) * (e_2 - e_s)
-        return x_new
-
-    return run.run(step)
+_DPM_NODES = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
 
 
-def dpm_solver_1(flow, x, ts, *, save_at=None):
-    """DPM-Solver-1 (= DDIM): ``x_t = (alpha_t/alpha_s) x_s - sigma^dpm_t (e^h - 1) eps(x_s, s)``."""
-    return _dpm_solver(1, flow, x, ts, save_at)
+def dpm_solver_step(order: int, term, x: torch.Tensor, t_s: float, t_t: float) -> torch.Tensor:
+    """One DPM-Solver-``order`` step from ``s = t_s`` to ``t = t_t`` (Lu et al. 2022, eqs. 3.7-3.9 and
+    Alg. 2), ``h = lambda_t - lambda_s``, ``alpha = s``, ``sigma^dpm = s sigma``, ``eps_s = eps(x, s)``:
+
+        order 1:  x_t = (alpha_t/alpha_s) x - sigma_t (e^h - 1) eps_s
+        order 2:  u = (alpha_1/alpha_s) x - sigma_1 (e^{r1 h} - 1) eps_s at lambda_s + r1 h;
+                  x_t = (alpha_t/alpha_s) x - sigma_t (e^h - 1) eps_s - sigma_t (e^h - 1)/(2 r1) (eps(u) - eps_s)
+        order 3:  u1 as above at r1 = 1/3; u2 at r2 = 2/3 with the phi_2 correction through eps(u1);
+                  x_t = ... - (sigma_t h phi_2(h)) / r2 (eps(u2) - eps_s)
+    """
+    alpha_s, sig_s = term.schedule(t_s)
+    alpha_t, sig_t = term.schedule(t_t)
+    h = math.log(sig_s / sig_t)
+    sd_t = alpha_t * sig_t
+    eps_s = term.eps(x, t_s)
+    x_t = (alpha_t / alpha_s) * x - (sd_t * h * phi(1, h)) * eps_s  # sigma_t (e^h - 1) = sigma_t h phi_1(h)
+    if order == 1:
+        return x_t
+
+    def inner(r):  # time, alpha and sigma^dpm at lambda_s + r h
+        sig_r = sig_s * math.exp(-r * h)
+        t_r = term.t_of_sigma(sig_r)
+        alpha_r = term.schedule(t_r)[0]
+        return t_r, alpha_r, alpha_r * sig_r
+
+    r1 = _DPM_NODES[order][0]
+    t1, alpha_1, sd_1 = inner(r1)
+    u1 = (alpha_1 / alpha_s) * x - (sd_1 * r1 * h * phi(1, r1 * h)) * eps_s
+    eps_1 = term.eps(u1, t1)
+    if order == 2:
+        return x_t - (0.5 / r1) * (sd_t * h * phi(1, h)) * (eps_1 - eps_s)
+    r2 = _DPM_NODES[3][1]
+    t2, alpha_2, sd_2 = inner(r2)
+    u2 = ((alpha_2 / alpha_s) * x - (sd_2 * r2 * h * phi(1, r2 * h)) * eps_s
+          - (r2 / r1) * (sd_2 * r2 * h * phi(2, r2 * h)) * (eps_1 - eps_s))
+    eps_2 = term.eps(u2, t2)
+    return x_t - (1.0 / r2) * (sd_t * h * phi(2, h)) * (eps_2 - eps_s)
 
 
-def dpm_solver_2(flow, x, ts, *, save_at=None):
-    """Single-step DPM-Solver-2 (noise prediction, r1 = 1/2), 2 NFE per step."""
-    return _dpm_solver(2, flow, x, ts, save_at)
+def _dpm_solver(order: int):
+    def solver(term, x, ts, *, save=None):
+        return run_fixed_grid(term, x, ts, lambda i, x, t0, t1: dpm_solver_step(order, term, x, t0, t1), save,
+                              extras={"orders": [order] * (len(ts) - 1)})
+
+    name = f"dpm_solver_{order}"
+    solver.__name__ = solver.__qualname__ = name
+    solver.__doc__ = (f"Single-step DPM-Solver-{order}, noise prediction (Lu et al. 2022), {order} NFE per step"
+                      f"{' (= DDIM)' if order == 1 else ''}. No options.\n\n" + dpm_solver_step.__doc__)
+    return solver
 
 
-def dpm_solver_3(flow, x, ts, *, save_at=None):
-    """Single-step DPM-Solver-3 (noise prediction, r1 = 1/3, r2 = 2/3), 3 NFE per step."""
-    return _dpm_solver(3, flow, x, ts, save_at)
+dpm_solver_1, dpm_solver_2, dpm_solver_3 = (_dpm_solver(k) for k in (1, 2, 3))
 
 
 # -- multistep DPM-Solver++ (data prediction) ----------------------------------------------
 
-def _dpmpp_multistep(order: int, flow, x, ts, save_at, lower_order_final: bool):
-    run = _Run(f"dpmpp_{order}m", flow, x, ts, save_at)
-    run.orders = [_multistep_order(i, run.n_steps, order, lower_order_final) for i in range(run.n_steps)]
-    hist_lam, hist_m = [], []  # most recent last
+def dpmpp_multistep(order: int, term, x, ts, save, lower_order_final: bool, variant: str = "exact"):
+    """Multistep DPM-Solver++(``order``M), data prediction (Lu et al. 2022b, Alg. 2 and App. B),
+    one evaluation per step at its start. With ``D_0, D_{-1}, D_{-2}`` the last denoised values
+    at ``lambda_0, lambda_{-1}, lambda_{-2}``, ``h = lambda_{i+1} - lambda_i`` and
+    ``r_j = (lambda_{-j} - lambda_{-j-1}) / h``:
 
-    def step(i, x):
-        # one evaluation per step, at its start (none at the final time)
-        hist_lam.append(run.lam[i])
-        hist_m.append(run.denoise(x, run.t[i]))
-        del hist_lam[:-order], hist_m[:-order]
-        k = run.orders[i]
-        s_t, sd_ratio, h = run.linear_terms(i)
-        p1 = -h * phi(1, -h)  # e^{-h} - 1
-        m0 = hist_m[-1]
-        x_new = sd_ratio * x - (s_t * p1) * m0
+        x_{i+1} = (sigma^dpm_{i+1}/sigma^dpm_i) x_i - alpha_{i+1} (e^{-h} - 1) D_0                   (1)
+                  - alpha_{i+1} (e^{-h} - 1) D1_0 / 2                                                (2M)
+                  + alpha_{i+1} h phi_2(-h) D1 - c alpha_{i+1} (-h phi_3(-h)) D2                     (3M)
+
+    with ``D1_0 = (D_0 - D_{-1})/r_0``, ``D1_1 = (D_{-1} - D_{-2})/r_1``,
+    ``D1 = D1_0 + r_0/(r_0+r_1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1)/(r_0+r_1)``; ``c = 2`` integrates
+    the quadratic interpolant exactly (``variant="exact"``), ``c = 1`` is the reference codes'
+    (``variant="published"``: LuChengTHU/dpm-solver, diffusers, k-diffusion), second order only.
+    """
+    grid = LambdaGrid(term, ts)
+    orders = [multistep_order(i, grid.n_steps, order, lower_order_final) for i in range(grid.n_steps)]
+    d2_weight = 2.0 if variant == "exact" else 1.0
+    lam, denoised = [], []  # history, most recent last
+
+    def step(i, x, t0, t1):
+        lam.append(grid.lam[i])
+        denoised.append(term.denoiser(x, t0))
+        del lam[:-order], denoised[:-order]
+        k = orders[i]
+        alpha_t, sd_ratio, h = grid.linear_terms(i)
+        e1 = -h * phi(1, -h)  # e^{-h} - 1
+        d0 = denoised[-1]
+        x_next = sd_ratio * x - (alpha_t * e1) * d0
         if k >= 2:
-            r0 = (hist_lam[-1] - hist_lam[-2]) / h
-            d1_0 = (m0 - hist_m[-2]) / r0
+            r0 = (lam[-1] - lam[-2]) / h
+            d1_0 = (d0 - denoised[-2]) / r0
             if k == 2:
-                x_new = x_new - (0.5 * s_t * p1) * d1_0
-            else:
-                r1 = (hist_lam[-2] - hist_lam[-3]) / h
-                d1_1 = (hist_m[-2] - hist_m[-3]) / r1
-                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                p2 = h * phi(2, -h)  # (e^{-h} - 1)/h + 1
-                p3 = -h * phi(3, -h)  # p2/h - 1/2
-                # d2 = h^2 f[l0, l1, l2] = h^2 D''/2, so the quadratic term carries 2 p3 (the
-                # reference codes use p3, which leaves an O(h^3) local error: order 2)
-                x_new = x_new + (s_t * p2) * d1 - (2.0 * s_t * p3) * d2
-        return x_new
+                return x_next - (0.5 * alpha_t * e1) * d1_0
+            r1 = (lam[-2] - lam[-3]) / h
+            d1_1 = (denoised[-2] - denoised[-3]) / r1
+            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            x_next = x_next + (alpha_t * h * phi(2, -h)) * d1 - (d2_weight * alpha_t * -h * phi(3, -h)) * d2
+        return x_next
 
-    return run.run(step)
+    return run_fixed_grid(term, x, ts, step, save, extras={"orders": orders})
 
 
-def dpmpp_2m(flow, x, ts, *, save_at=None, lower_order_final: bool = True):
-    """DPM-Solver++(2M): ``x_t = (sigma^dpm_t/sigma^dpm_s) x - alpha_t (e^{-h}-1) (D_0 + D1/2)``,
-    ``D1 = (D_0 - D_{-1}) / r``, ``r = h_{-1}/h``; first step DPM-Solver++(1)."""
-    return _dpmpp_multistep(2, flow, x, ts, save_at, lower_order_final)
+def dpmpp_2m(term, x, ts, *, save=None, lower_order_final: bool = True):
+    """DPM-Solver++(2M), data prediction (Lu et al. 2022b), 1 NFE per step:
+    ``x_{i+1} = (sigma^dpm_{i+1}/sigma^dpm_i) x_i - alpha_{i+1} (e^{-h} - 1) (D_0 + (D_0 - D_{-1})/(2 r))``,
+    ``r = h_{i-1}/h``; the first step is DPM-Solver++(1).
+
+    Options: ``lower_order_final`` (default True): below 10 steps the last step is first order, as in
+    the reference code."""
+    return dpmpp_multistep(2, term, x, ts, save, check_bool("lower_order_final", lower_order_final))
 
 
-def dpmpp_3m(flow, x, ts, *, save_at=None, lower_order_final: bool = True):
-    """DPM-Solver++(3M), data prediction, warm-up with (1), (2M); the ``D2`` term carries
-    ``2 (h phi_3(-h))`` (exact for a quadratic ``D(lambda)``), not the reference codes' half of it."""
-    return _dpmpp_multistep(3, flow, x, ts, save_at, lower_order_final)
+def dpmpp_3m(term, x, ts, *, save=None, lower_order_final: bool = True, variant: str = "exact"):
+    """DPM-Solver++(3M), data prediction, 1 NFE per step, warm-up with (1) and (2M).
+
+    Options: ``variant="exact"`` (default) gives the second-difference term ``2 (-h phi_3(-h)) D2``,
+    which integrates the quadratic interpolant of ``D`` exactly (order 3); ``variant="published"``
+    reproduces LuChengTHU/dpm-solver, diffusers and k-diffusion, whose weight is half of it (order 2).
+    ``lower_order_final`` (default True): below 10 steps the last steps drop order.
+    """
+    if variant not in ("exact", "published"):
+        raise ValueError(f"variant must be 'exact' or 'published', got {variant!r}")
+    return dpmpp_multistep(3, term, x, ts, save, check_bool("lower_order_final", lower_order_final), variant)
 
 
 # -- UniPC (bh2, data prediction) ----------------------------------------------------------
 
-def _unipc_coefficients(k: int, hh: float, rks: list[float]):
+def unipc_coefficients(k: int, hh: float, rks: list[float]):
     """UniPC-``bh2`` weights for a step of order ``k``: predictor ``rho_p`` (k-1 entries),
     corrector ``rho_c`` (k entries) and ``B(h) = e^hh - 1``. ``rks`` are the
     ``(lambda_{-j} - lambda_0)/h`` of the k-1 earlier points. The order conditions are
@@ -251,53 +244,65 @@ def _unipc_coefficients(k: int, hh: float, rks: list[float]):
     return rho_p, rho_c, b_h
 
 
-def _unipc(flow, x, ts, save_at, lower_order_final: bool, order: int = 2):
-    run = _Run("unipc", flow, x, ts, save_at)
-    run.orders = [_multistep_order(i, run.n_steps, order, lower_order_final) for i in range(run.n_steps)]
-    hist_lam, hist_m = [], []
-    m = [run.denoise(run.x, run.t[0])]  # the evaluation at the current point (boxed for the closure)
+def unipc(term, x, ts, *, save=None, lower_order_final: bool = True):
+    """UniPC-bh2 (Zhao et al. 2023): UniP-2 predictor + UniC corrector, data prediction, 1 NFE per
+    step. Step i, with ``hh = -h``, ``B(h) = e^hh - 1`` and ``D1_j = (D_{-j} - D_0)/r_j``:
 
-    def step(i, x):
-        hist_lam.append(run.lam[i])
-        hist_m.append(m[0])
-        del hist_lam[:-order], hist_m[:-order]
-        k = run.orders[i]
-        s_t, sd_ratio, h = run.linear_terms(i)
+        x_lin  = (sigma^dpm_{i+1}/sigma^dpm_i) x_i - alpha_{i+1} B(h) D_0
+        x_pred = x_lin - alpha_{i+1} B(h) sum_j rho_p_j D1_j                      (UniP)
+        D_new  = D(x_pred, t_{i+1})                                               (the step's evaluation)
+        x_{i+1} = x_lin - alpha_{i+1} B(h) (sum_j rho_c_j D1_j + rho_c_k (D_new - D_0))   (UniC)
+
+    ``D_new`` is the next step's ``D_0``; no corrector after the last step. Options:
+    ``lower_order_final`` (default True, below 10 steps)."""
+    lower_order_final = check_bool("lower_order_final", lower_order_final)
+    order = 2
+    grid = LambdaGrid(term, ts)
+    orders = [multistep_order(i, grid.n_steps, order, lower_order_final) for i in range(grid.n_steps)]
+    lam, denoised = [], []
+    current = {}  # D at the current point, from the previous step's corrector evaluation
+
+    def step(i, x, t0, t1):
+        if i == 0:
+            current["D"] = term.denoiser(x, t0)
+        lam.append(grid.lam[i])
+        denoised.append(current["D"])
+        del lam[:-order], denoised[:-order]
+        k = orders[i]
+        alpha_t, sd_ratio, h = grid.linear_terms(i)
         hh = -h  # data prediction
-        m0 = hist_m[-1]
-        rks = [(hist_lam[-1 - j] - hist_lam[-1]) / h for j in range(1, k)]
-        d1s = [(hist_m[-1 - j] - m0) / r for j, r in zip(range(1, k), rks)]
-        rho_p, rho_c, b_h = _unipc_coefficients(k, hh, rks)
-        x_lin = sd_ratio * x - (s_t * hh * phi(1, hh)) * m0  # e^hh - 1 = hh phi_1(hh)
-        x_new = x_lin
+        d0 = denoised[-1]
+        rks = [(lam[-1 - j] - lam[-1]) / h for j in range(1, k)]
+        d1s = [(denoised[-1 - j] - d0) / r for j, r in zip(range(1, k), rks)]
+        rho_p, rho_c, b_h = unipc_coefficients(k, hh, rks)
+        x_lin = sd_ratio * x - (alpha_t * b_h) * d0
+        x_pred = x_lin
         for rho, d in zip(rho_p, d1s):
-            x_new = x_new - (s_t * b_h * float(rho)) * d
-        last = i + 1 == run.n_steps
-        if not last:  # corrector UniC, with the evaluation the next step reuses
-            m[0] = run.denoise(x_new, run.t[i + 1])
-            corr = (float(rho_c[-1]) * (m[0] - m0))
-            for rho, d in zip(rho_c[:-1], d1s):
-                corr = corr + float(rho) * d
-            x_new = x_lin - (s_t * b_h) * corr
-        return x_new
+            x_pred = x_pred - (alpha_t * b_h * float(rho)) * d
+        if i + 1 == grid.n_steps:
+            return x_pred
+        current["D"] = term.denoiser(x_pred, t1)
+        corr = float(rho_c[-1]) * (current["D"] - d0)
+        for rho, d in zip(rho_c[:-1], d1s):
+            corr = corr + float(rho) * d
+        return x_lin - (alpha_t * b_h) * corr
 
-    return run.run(step)
-
-
-def unipc(flow, x, ts, *, save_at=None, lower_order_final: bool = True):
-    """UniPC-bh2 (UniP-2 predictor + UniC corrector), data prediction, 1 NFE per step."""
-    return _unipc(flow, x, ts, save_at, lower_order_final, order=2)
+    return run_fixed_grid(term, x, ts, step, save, extras={"orders": orders})
 
 
-register_solver("dpm_solver_1", dpm_solver_1, kind="ode", order=1, nfe_per_step=1, process_aware=True,
-                description="DPM-Solver-1 = DDIM, exact in the linear part (Lu et al. 2022; Song et al. 2021a)")
-register_solver("dpm_solver_2", dpm_solver_2, kind="ode", order=2, nfe_per_step=2, process_aware=True,
-                description="single-step DPM-Solver-2, noise prediction, r1=1/2 (Lu et al. 2022)")
-register_solver("dpm_solver_3", dpm_solver_3, kind="ode", order=3, nfe_per_step=3, process_aware=True,
-                description="single-step DPM-Solver-3, noise prediction, r1=1/3, r2=2/3 (Lu et al. 2022)")
+SOLVERS = {"dpm_solver_1": dpm_solver_1, "dpm_solver_2": dpm_solver_2, "dpm_solver_3": dpm_solver_3,
+           "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "unipc": unipc}
+for _k in (1, 2, 3):
+    register_solver(f"dpm_solver_{_k}", SOLVERS[f"dpm_solver_{_k}"], kind="ode", order=_k, nfe_per_step=_k,
+                    process_aware=True,
+                    single_step=lambda term, x, t0, t1, _k=_k: dpm_solver_step(_k, term, x, t0, t1),
+                    description={1: "DPM-Solver-1 = DDIM, exact in the linear part (Lu et al. 2022; Song et al. 2021a)",
+                                 2: "single-step DPM-Solver-2, noise prediction, r1=1/2 (Lu et al. 2022)",
+                                 3: "single-step DPM-Solver-3, noise prediction, r1=1/3, r2=2/3 (Lu et al. 2022)"}[_k])
 register_solver("dpmpp_2m", dpmpp_2m, kind="ode", order=2, nfe_per_step=1, process_aware=True,
                 description="multistep DPM-Solver++(2M), data prediction (Lu et al. 2022b)")
 register_solver("dpmpp_3m", dpmpp_3m, kind="ode", order=3, nfe_per_step=1, process_aware=True,
-                description="multistep DPM-Solver++(3M), data prediction (Lu et al. 2022b)")
+                description="multistep DPM-Solver++(3M), data prediction (Lu et al. 2022b); variant='published' for "
+                            "the reference codes' second-order weight")
 register_solver("unipc", unipc, kind="ode", order=3, nfe_per_step=1, process_aware=True,
                 description="UniPC-bh2: UniP-2 predictor + UniC corrector, data prediction (Zhao et al. 2023)")

@@ -1,22 +1,21 @@
-"""Explicit Runge-Kutta solvers from Butcher tableaus: one fixed-step loop and one adaptive
-loop serve every tableau (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.1 and II.4).
-
-Adaptive solvers use an embedded pair, an error norm per sample (each sample has its own
-step size unless ``shared_step=True``), a PI step-size controller (Gustafsson 1991; HNW
-IV.2), and Hairer's starting-step heuristic (HNW II.4), with every stage inside the span.
+"""Explicit Runge-Kutta solvers from Butcher tableaus: one step function serves every tableau on
+a fixed grid (:func:`rk_step` inside :func:`~flowsolve.solvers.fixed.run_fixed_grid`), and one
+embedded-pair method serves every adaptive tableau inside
+:func:`~flowsolve.solvers.adaptive.run_adaptive` (Hairer, Nørsett & Wanner, *Solving ODEs I*,
+II.1 and II.4).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from fractions import Fraction as F
 
 import torch
 
-from .._validation import check_int
-from .base import (MAX_STEPS, SUCCESS, UNDERFLOW, CountingFlow, Solution, as_time, register_solver,
-                   run_fixed_grid)
+from .adaptive import run_adaptive
+from .fixed import run_fixed_grid
+from .registry import register_solver
+from .solution import per_sample
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ TSIT5 = ButcherTableau(
 
 
 def _combine(x, h, coefs, ks):
-    """``x + h * sum_j coefs[j] k_j`` skipping zero coefficients; ``h`` broadcasts per sample."""
+    """``x + h * sum_j coefs[j] k_j`` skipping zero coefficients; ``h`` a float or per-sample tensor."""
     acc = None
     for a, k in zip(coefs, ks):
         if a != 0:
@@ -106,230 +105,83 @@ def _stage_time(t0: float, t1: float, c: float) -> float:
     return min(max(t0 + c * (t1 - t0), min(t0, t1)), max(t0, t1))
 
 
-def rk_fixed(tableau: ButcherTableau, flow, x: torch.Tensor, ts: torch.Tensor, *, save_at=None):
-    """Integrate ``dx/dt = flow.drift(x, t)`` along the grid ``ts`` with one tableau."""
-    counter = CountingFlow(flow, x.shape[0], x.device)
-
-    def step(i, x, t0, t1):
-        h = t1 - t0
-        ks = []
-        for c, row in zip(tableau.c, tableau.a):
-            ks.append(counter.drift(_combine(x, h, row, ks), as_time(_stage_time(t0, t1, float(c)), x)))
-        return _combine(x, h, tableau.b, ks)
-
-    return run_fixed_grid(x, ts, save_at, counter.nfe, step)
+def rk_step(tableau: ButcherTableau, term, x: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
+    """One explicit Runge-Kutta step of ``dx/dt = drift(x, t)`` from ``t0`` to ``t1``:
+    ``k_i = f(x + h sum_j a_ij k_j, t0 + c_i h)``, ``x1 = x + h sum_i b_i k_i``."""
+    h = t1 - t0
+    ks = []
+    for c, row in zip(tableau.c, tableau.a):
+        ks.append(term.drift(_combine(x, h, row, ks), _stage_time(t0, t1, float(c))))
+    return _combine(x, h, tableau.b, ks)
 
 
-def _rms(v: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt((v.reshape(v.shape[0], -1) ** 2).mean(-1))
+class EmbeddedPair:
+    """An adaptive method from a tableau with embedded weights ``b_low``: the step is the
+    higher-order solution, the error estimate ``h sum_i (b_i - b_low_i) k_i``; FSAL tableaus
+    reuse the last stage as the next step's first. The first step is Hairer's heuristic."""
+
+    def __init__(self, tableau: ButcherTableau):
+        if tableau.b_low is None:
+            raise ValueError(f"tableau {tableau.name!r} has no embedded weights b_low: it cannot adapt its steps")
+        self.tableau = tableau
+        self.order = tableau.order
+        self.error_order = tableau.low_order + 1
+
+    def init(self, term, x, t0):
+        return {"k0": term.drift(x, t0)}
+
+    def first_step(self, term, x, t0, t1, carry, controller):
+        return controller.hairer_first_step(term, x, t0, t1, carry["k0"], self.order)
+
+    def attempt(self, term, x, t, t_next, h, carry, rows):
+        tab = self.tableau
+        hs = per_sample(h.to(x.dtype), x)
+        ks = [carry["k0"]]
+        lo, hi = torch.minimum(t, t_next), torch.maximum(t, t_next)
+        for c, row in zip(tab.c[1:], tab.a[1:]):
+            tc = t_next if float(c) == 1.0 else torch.minimum(torch.maximum(t + float(c) * (t_next - t), lo), hi)
+            ks.append(term.drift(_combine(x, hs, row, ks), tc, rows))
+        x_new = _combine(x, hs, tab.b, ks)
+        err = hs * sum(float(b - bl) * k for b, bl, k in zip(tab.b, tab.b_low, ks) if b != bl)
+        return x_new, err, (x, x_new), {"k_last": ks[-1]}
+
+    def commit(self, term, rows, accepted, carry, carry_new, x_new, t_next):
+        if self.tableau.fsal:
+            k_next = carry_new["k_last"]
+        else:  # the first stage of the next step, for the accepted samples only
+            k_next = carry_new["k_last"].clone()
+            acc = accepted.nonzero().flatten()
+            if acc.numel():
+                k_next[acc] = term.drift(x_new[acc], t_next[acc], rows[acc])
+        return {"k0": torch.where(per_sample(accepted, k_next), k_next, carry["k0"])}
 
 
-def rk_adaptive(tableau: ButcherTableau, flow, x: torch.Tensor, span, *, rtol: float = 1e-5, atol: float = 1e-5,
-                max_steps: int = 10_000, shared_step: bool = False, first_step: float | None = None,
-                safety: float = 0.9, min_factor: float = 0.2, max_factor: float = 10.0,
-                pi_beta: tuple[float, float] = (0.7, 0.4), save_at=None):
-    """Adaptive integration from ``span[0]`` to ``span[1]`` with an embedded pair.
+def _fixed_solver(tableau: ButcherTableau, what: str):
+    def solver(term, x, ts, *, save=None):
+        return run_fixed_grid(term, x, ts, lambda i, x, t0, t1: rk_step(tableau, term, x, t0, t1), save)
 
-    Error per sample ``e = rms((x_high - x_low) / (atol + rtol max(|x|, |x_new|)))``; accept
-    when ``e <= 1``; PI controller ``h <- h * safety * e^(-b1/q) * e_prev^(b2/q)`` with
-    ``q = low_order + 1`` (Gustafsson's gains, ``b = (0.7, 0.4)``). Stages are clipped to
-    the span, so the field is never evaluated outside ``[t0, t1]``.
-    """
-    _check_tolerances(rtol, atol, max_steps)
-    _check_controller(safety, min_factor, max_factor, pi_beta)
-    if first_step is not None and not (math.isfinite(float(first_step)) and float(first_step) > 0):
-        raise ValueError(f"first_step must be a finite number > 0 (its sign follows the span), got {first_step!r}")
-    t0, t1 = float(span[0]), float(span[1])
-    n, dev = x.shape[0], x.device
-    direction = 1.0 if t1 > t0 else -1.0
-    counter = CountingFlow(flow, n, dev)
-    q = float(tableau.low_order + 1)
-    b1, b2 = pi_beta
-    targets = _adaptive_save_times(save_at, t0, t1)
-
-    t = torch.full((n,), t0, dtype=torch.float64, device=dev)
-    all_idx = torch.arange(n, device=dev)
-    k_first = counter.drift(x, as_time(t0, x))
-    if not bool(torch.isfinite(k_first).all()):
-        raise FloatingPointError(f"non-finite field at the initial time t={t0!r} (step 0)")
-    if first_step is None:
-        h = _initial_step(counter, x, t0, t1, k_first, tableau.order, rtol, atol)
-    else:
-        h = torch.full((n,), float(first_step), dtype=torch.float64, device=dev)
-    if shared_step:
-        h = h.min().expand(n).clone()
-    err_prev = torch.ones(n, dtype=torch.float64, device=dev)
-    steps = torch.zeros(n, dtype=torch.long, device=dev)
-    accepted = torch.zeros_like(steps)
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    nonfinite_last = torch.zeros(n, dtype=torch.bool, device=dev)
-    failed = torch.zeros(n, dtype=torch.bool, device=dev)
-    save_ptr = torch.zeros(n, dtype=torch.long, device=dev)
-    # a save time never reached (max_steps, a stopped sample) stays NaN, never stale memory
-    saved = torch.full((len(targets), *x.shape), float("nan"), dtype=x.dtype, device=dev) if targets else None
-    tgt = torch.as_tensor(targets, dtype=torch.float64, device=dev) if targets else None
-    if targets:
-        hit0 = torch.tensor([abs(v - t0) == 0 for v in targets], device=dev)
-        if bool(hit0.any()):
-            saved[0] = x
-            save_ptr += 1
-    status, message = SUCCESS, ""
-    span_len = abs(t1 - t0)
-    while True:
-        active = ~done & ~failed & (steps < max_steps)
-        if not bool(active.any()):
-            break
-        idx = all_idx[active]
-        xa, ta, ka = x[idx], t[idx], k_first[idx]
-        remaining = (t1 - ta) * direction
-        ha = torch.minimum(h[idx], remaining)
-        t_next = torch.where(h[idx] >= remaining, torch.full_like(ta, t1), ta + ha * direction)
-        if targets:
-            nxt = tgt[save_ptr[idx].clamp(max=len(targets) - 1)]
-            to_target = (nxt - ta) * direction
-            clip = (save_ptr[idx] < len(targets)) & (to_target > 0) & (to_target <= ha)
-            ha = torch.where(clip, to_target, ha)
-            t_next = torch.where(clip, nxt, t_next)  # land exactly on the save time
-        tiny = 64 * torch.finfo(torch.float64).eps * torch.maximum(ta.abs(), torch.full_like(ta, span_len))
-        under = h[idx] < tiny  # a step clipped short by the end or a save time is not underflow
-        if bool(under.any()):
-            # those samples stop where they are; the others go on
-            bad = int(idx[under][0])
-            if status == SUCCESS:
-                status = UNDERFLOW
-                cause = " after non-finite field values" if bool(nonfinite_last[bad]) else ""
-                message = (f"step size underflow (h={float(h[bad]):.3g}){cause} for sample {bad} at "
-                           f"t={float(t[bad])!r} in step {int(steps[bad])}")
-            failed[idx[under]] = True
-            continue
-        hs = (ha * direction).to(x.dtype).unsqueeze(-1)
-        ks = [ka]
-        for c, row in zip(tableau.c[1:], tableau.a[1:]):
-            tc = ta + float(c) * (t_next - ta) if float(c) != 1.0 else t_next
-            tc = torch.clamp(tc, min(t0, t1), max(t0, t1))
-            ks.append(counter.drift(_combine(xa, hs, row, ks), as_time(tc, xa), active=idx))
-        x_new = _combine(xa, hs, tableau.b, ks)
-        x_low = _combine(xa, hs, tableau.b_low, ks)
-        scale = atol + rtol * torch.maximum(xa.abs(), x_new.abs())
-        err = _rms((x_new - x_low) / scale).to(torch.float64)
-        finite = torch.isfinite(x_new).all(-1) & torch.isfinite(err)
-        nonfinite_last[idx] = ~finite
-        err = torch.where(finite, err, torch.full_like(err, float("inf")))
-        if shared_step:
-            err = err.max().expand_as(err)
-        ok = err <= 1.0
-        steps[idx] += 1
-        # PI controller; a rejected step does not update the memory term
-        # powers as exp(r log e): a tensor ``**`` may round differently with the batch size,
-        # and the step sizes must not depend on the other samples
-        log_e = torch.log(err.clamp_min(1e-10))
-        factor = safety * torch.exp(-b1 / q * log_e + b2 / q * torch.log(err_prev[idx]))
-        factor = torch.where(ok, factor.clamp(min_factor, max_factor),
-                             (safety * torch.exp(-log_e / q)).clamp(min_factor, 1.0))
-        factor = torch.where(torch.isfinite(factor), factor, torch.full_like(factor, min_factor))
-        # an accepted step cut short by the end or a save time says little about the step the
-        # controller wanted: keep that one rather than scaling the clipped one
-        h_new = torch.where(ok & (ha < h[idx]), h[idx], ha * factor)
-        if shared_step:
-            h_new = h_new.min().expand_as(h_new)
-        acc_idx = idx[ok]
-        if acc_idx.numel():
-            x[acc_idx] = x_new[ok]
-            t[acc_idx] = t_next[ok]
-            last = ks[-1] if tableau.fsal else None
-            k_first[acc_idx] = last[ok] if last is not None else counter.drift(x[acc_idx], as_time(t[acc_idx], x),
-                                                                             active=acc_idx)
-            accepted[acc_idx] += 1
-            err_prev[acc_idx] = torch.exp(log_e[ok])
-            if targets:
-                for j in acc_idx.tolist():
-                    while int(save_ptr[j]) < len(targets) and float(t[j]) == float(tgt[int(save_ptr[j])]):
-                        saved[int(save_ptr[j]), j] = x[j]
-                        save_ptr[j] += 1
-            done[acc_idx] = (t[acc_idx] - t1) * direction >= 0
-        h[idx] = h_new
-    if status == UNDERFLOW:
-        message += f" ({int(failed.sum())} sample(s) stopped by underflow; the others ran on)"
-    if status == SUCCESS and not bool(done.all()):
-        undone = all_idx[~done]
-        status = MAX_STEPS
-        message = (f"max_steps={max_steps} reached by {undone.numel()} sample(s) before t1={t1!r}; "
-                   f"e.g. sample {int(undone[0])} stopped at t={float(t[undone[0]])!r}")
-    return Solution(x=x, t=t, nfe=counter.nfe, n_steps=steps, n_accepted=accepted, n_rejected=steps - accepted,
-                    status=status, message=message,
-                    ts=torch.as_tensor(targets, dtype=torch.float64) if targets else None, xs=saved,
-                    extras={"failed": failed})
+    solver.__name__ = solver.__qualname__ = tableau.name
+    solver.__doc__ = (f"{what}: fixed-step explicit Runge-Kutta of order {tableau.order}, {tableau.stages} "
+                      f"field evaluation(s) per step.\n\nButcher tableau: c = {[str(v) for v in tableau.c]}, "
+                      f"a = {[[str(v) for v in row] for row in tableau.a]}, b = {[str(v) for v in tableau.b]}. "
+                      "No options.")
+    return solver
 
 
-def _check_controller(safety, min_factor, max_factor, pi_beta):
-    if not (math.isfinite(safety) and 0 < safety <= 1):
-        raise ValueError(f"safety must lie in (0, 1], got {safety!r}")
-    if not (math.isfinite(min_factor) and 0 < min_factor < 1):
-        raise ValueError(f"min_factor must lie in (0, 1), got {min_factor!r}")
-    if not (math.isfinite(max_factor) and max_factor > 1):
-        raise ValueError(f"max_factor must be a finite number > 1, got {max_factor!r}")
-    if len(tuple(pi_beta)) != 2 or not all(math.isfinite(b) and b >= 0 for b in pi_beta) or pi_beta[0] <= 0:
-        raise ValueError(f"pi_beta must be (b1 > 0, b2 >= 0), finite, got {pi_beta!r}")
+def _adaptive_solver(tableau: ButcherTableau, what: str):
+    method = EmbeddedPair(tableau)
 
+    def solver(term, x, ts, *, save=None, controller, max_steps: int = 10_000):
+        return run_adaptive(term, x, float(ts[0]), float(ts[-1]), method, controller, save, max_steps)
 
-def _check_tolerances(rtol, atol, max_steps):
-    if not (rtol > 0 and atol >= 0):
-        raise ValueError(f"rtol must be > 0 and atol >= 0, got rtol={rtol!r}, atol={atol!r}")
-    check_int("max_steps", max_steps, 1)
-
-
-def _adaptive_save_times(save_at, t0, t1):
-    if save_at is None or save_at is False:
-        return []
-    if save_at is True:
-        raise ValueError("adaptive solvers save at given times: pass save_at=[t, ...] inside the span")
-    vals = torch.as_tensor(save_at, dtype=torch.float64).reshape(-1).tolist()
-    lo, hi = min(t0, t1), max(t0, t1)
-    if any(not lo <= v <= hi for v in vals):
-        raise ValueError(f"save_at times must lie in the span [{lo!r}, {hi!r}], got {vals!r}")
-    # a time within rounding of an end is that end (a step cannot land between them)
-    tol = 64 * torch.finfo(torch.float64).eps * max(abs(t0), abs(t1), hi - lo)
-    vals = [t1 if abs(v - t1) <= tol else t0 if abs(v - t0) <= tol else v for v in vals]
-    if len(set(vals)) != len(vals):
-        raise ValueError(f"save_at times must be distinct (after rounding to the span's ends), got {vals!r}")
-    return sorted(vals, reverse=t1 < t0)
-
-
-def _initial_step(counter, x, t0, t1, k0, order, rtol, atol):
-    """Hairer's starting step (HNW II.4), per sample, with the probe point inside the span."""
-    span = abs(t1 - t0)
-    direction = 1.0 if t1 > t0 else -1.0
-    scale = atol + rtol * x.abs()
-    d0 = _rms(x / scale).to(torch.float64)
-    d1 = _rms(k0 / scale).to(torch.float64)
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
-    h0 = torch.minimum(h0, torch.full_like(h0, span))
-    x1 = x + (direction * h0).to(x.dtype).unsqueeze(-1) * k0
-    t_probe = torch.clamp(t0 + direction * h0, min(t0, t1), max(t0, t1))
-    k1 = counter.drift(x1, as_time(t_probe, x))
-    d2 = (_rms((k1 - k0) / scale).to(torch.float64) / h0)
-    d2 = torch.where(torch.isfinite(d2), d2, torch.full_like(d2, float("inf")))
-    big = torch.maximum(d1, d2)
-    h1 = torch.where(big <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
-                     (0.01 / big) ** (1.0 / (order + 1)))
-    return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, span))
-
-
-def _fixed(tableau):
-    def solve_fixed(flow, x, ts, **options):
-        return rk_fixed(tableau, flow, x, ts, **options)
-
-    solve_fixed.__doc__ = f"Fixed-step {tableau.name} (order {tableau.order}, {tableau.stages} NFE per step)."
-    return solve_fixed
-
-
-def _adaptive(tableau):
-    def solve_adaptive(flow, x, span, **options):
-        return rk_adaptive(tableau, flow, x, span, **options)
-
-    solve_adaptive.__doc__ = (f"Adaptive {tableau.name} {tableau.order}({tableau.low_order}) with a PI controller "
-                              "and per-sample step sizes.")
-    return solve_adaptive
+    solver.__name__ = solver.__qualname__ = tableau.name
+    solver.__doc__ = (f"{what}: adaptive embedded Runge-Kutta pair {tableau.order}({tableau.low_order}), "
+                      f"{tableau.stages} stages{' (FSAL: one fewer evaluation per accepted step)' if tableau.fsal else ''}, "
+                      "one step size per sample.\n\nOptions: max_steps (attempts per sample, default 10000) and the "
+                      "step-size controller, fs.PIDController (rtol=1e-5, atol=1e-5, PI coefficients, safety, "
+                      "factor limits, first_step, dt_min, dt_max, shared_step), given as controller= or as "
+                      "its fields directly (rtol=, atol=, ...).")
+    return solver
 
 
 _FIXED = {
@@ -339,12 +191,18 @@ _FIXED = {
     RALSTON: "Ralston's 2nd-order method (minimal error bound)",
     RK4: "the classical 4th-order Runge-Kutta method",
 }
+_ADAPTIVE = {
+    BOSH3: "Bogacki-Shampine 3(2) pair, FSAL (Bogacki & Shampine 1989)",
+    TSIT5: "Tsitouras 5(4) pair, FSAL (Tsitouras 2011)",
+    DOPRI5: "Dormand-Prince 5(4) pair, FSAL (Dormand & Prince 1980)",
+}
+SOLVERS = {}
 for _tab, _desc in _FIXED.items():
-    register_solver(_tab.name, _fixed(_tab), kind="ode", order=_tab.order, nfe_per_step=_tab.stages,
-                    description=_desc)
-register_solver("bosh3", _adaptive(BOSH3), kind="ode", order=3, nfe_per_step=3, adaptive=True,
-                description="Bogacki-Shampine 3(2) pair, FSAL (Bogacki & Shampine 1989)")
-register_solver("tsit5", _adaptive(TSIT5), kind="ode", order=5, nfe_per_step=6, adaptive=True,
-                description="Tsitouras 5(4) pair, FSAL (Tsitouras 2011)")
-register_solver("dopri5", _adaptive(DOPRI5), kind="ode", order=5, nfe_per_step=6, adaptive=True,
-                description="Dormand-Prince 5(4) pair, FSAL (Dormand & Prince 1980)")
+    SOLVERS[_tab.name] = _fixed_solver(_tab, _desc)
+    register_solver(_tab.name, SOLVERS[_tab.name], kind="ode", order=_tab.order, nfe_per_step=_tab.stages,
+                    description=_desc,
+                    single_step=lambda term, x, t0, t1, _tab=_tab: rk_step(_tab, term, x, t0, t1))
+for _tab, _desc in _ADAPTIVE.items():
+    SOLVERS[_tab.name] = _adaptive_solver(_tab, _desc)
+    register_solver(_tab.name, SOLVERS[_tab.name], kind="ode", order=_tab.order, nfe_per_step=_tab.stages - 1 if _tab.fsal else _tab.stages,
+                    adaptive=True, description=_desc)

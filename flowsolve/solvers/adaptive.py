@@ -1,0 +1,299 @@
+"""The adaptive loop every adaptive solver shares, and the step-size controller it uses.
+
+:class:`PIDController` holds everything about choosing step sizes (tolerances, norm, PID
+coefficients, safety, factor limits, first step, step bounds); :func:`run_adaptive` runs any
+*method* -- an object that proposes a step and an error estimate (the embedded Runge-Kutta pairs,
+the adaptive SDE pair) -- with one step size per sample (or one for the batch) and per-sample
+faults. Model: diffrax's ``PIDController`` and ``diffeqsolve`` loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Callable
+
+import torch
+
+from .._validation import check_bool, check_real
+from .saving import SaveAt
+from .solution import MAX_STEPS, NONE, NONFINITE, UNDERFLOW, Solution, finite_rows, per_sample, summarise
+from .term import FieldError, Term
+
+_NONFINITE_SHRINK = 0.2  # step factor after an attempt whose error is not finite (NaN/inf field values)
+
+
+def _rms(v: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((v.reshape(v.shape[0], -1) ** 2).mean(-1))
+
+
+def _max_abs(v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(v.shape[0], -1).abs().amax(-1) if v[0].numel() else torch.zeros(v.shape[0], dtype=v.dtype,
+                                                                                      device=v.device)
+
+
+_NORMS = {"rms": _rms, "max": _max_abs}
+
+
+@dataclass(frozen=True)
+class PIDController:
+    """Step-size control for every adaptive solver (Hairer, Nørsett & Wanner I, II.4; Söderlind 2002).
+
+    Error of an attempt, per sample: ``e = norm(err / scale)`` over all non-batch dims, with
+    ``scale = atol + rtol max(|x|, |x'|)`` (``error_scale="sum"``, Hairer) or
+    ``max(atol, rtol max(|x|, |x'|))`` (``"max"``, Jolicoeur-Martineau et al. 2021); ``norm`` is
+    ``"rms"``, ``"max"`` or a callable ``(n, ...) -> (n,)``. The attempt is accepted when
+    ``e <= 1``. The next step is ``h * factor`` with, for an accepted step,
+
+        factor = safety * e_n^(-(p+i+d)/q) * e_{n-1}^((p+2d)/q) * e_{n-2}^(-d/q)
+
+    (``p, i, d = pcoeff, icoeff, dcoeff``; ``q`` the error order of the method), clipped to
+    ``[factor_min, factor_max]``; after a rejection ``factor = safety * e^(-1/q)`` clipped to
+    ``[factor_min, 1]``. The defaults ``p = 0.4, i = 0.3`` are Gustafsson's PI controller
+    (``e_n^-0.7/q e_{n-1}^0.4/q``). ``first_step`` (absolute, > 0) replaces the method's starting
+    rule (Hairer's heuristic for Runge-Kutta pairs); ``dt_min`` is the step below which a sample
+    stops with an underflow (default ``64 eps max(|t|, span)``); ``dt_max`` caps every step;
+    ``shared_step`` gives the whole batch one step size (the largest that all samples accept).
+    """
+
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    norm: str | Callable = "rms"
+    pcoeff: float = 0.4
+    icoeff: float = 0.3
+    dcoeff: float = 0.0
+    safety: float = 0.9
+    factor_min: float = 0.2
+    factor_max: float = 10.0
+    first_step: float | None = None
+    dt_min: float | None = None
+    dt_max: float | None = None
+    shared_step: bool = False
+    error_scale: str = "sum"
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        set_("rtol", check_real("rtol", self.rtol, minimum=0.0))
+        set_("atol", check_real("atol", self.atol, minimum=0.0))
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError("rtol and atol must not both be 0: give rtol > 0 or atol > 0")
+        if not callable(self.norm) and self.norm not in _NORMS:
+            raise ValueError(f"norm must be 'rms', 'max' or a callable (n, ...) -> (n,), got {self.norm!r}")
+        for name in ("pcoeff", "icoeff", "dcoeff"):
+            set_(name, check_real(name, getattr(self, name), minimum=0.0))
+        if self.pcoeff + self.icoeff + self.dcoeff <= 0:
+            raise ValueError("pcoeff + icoeff + dcoeff must be > 0 (the controller must react to the error)")
+        set_("safety", check_real("safety", self.safety, minimum=0.0, maximum=1.0, strict_min=True))
+        set_("factor_min", check_real("factor_min", self.factor_min, minimum=0.0, maximum=1.0, strict_max=True))
+        set_("factor_max", check_real("factor_max", self.factor_max, minimum=1.0, strict_min=True, allow_inf=True))
+        for name in ("first_step", "dt_min", "dt_max"):
+            if getattr(self, name) is not None:
+                set_(name, check_real(name, getattr(self, name), minimum=0.0, strict_min=True))
+        if self.dt_min is not None and self.dt_max is not None and self.dt_min > self.dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got dt_min={self.dt_min!r}, dt_max={self.dt_max!r}")
+        set_("shared_step", check_bool("shared_step", self.shared_step))
+        if self.error_scale not in ("sum", "max"):
+            raise ValueError(f"error_scale must be 'sum' or 'max', got {self.error_scale!r}")
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def with_options(self, **options) -> "PIDController":
+        """A copy with some fields replaced (``rtol=``/``atol=`` shortcuts of the solvers)."""
+        return replace(self, **options)
+
+    def check_resolvable(self, dtype: torch.dtype):
+        """An ``rtol`` below what ``dtype`` resolves can never be met: refuse it up front."""
+        floor = 4 * torch.finfo(dtype).eps
+        if 0 < self.rtol < floor:
+            raise ValueError(f"rtol={self.rtol!r} is below what {dtype} arithmetic can resolve: rtol must be 0 or "
+                             f">= {floor:.3g} (4 eps of the state's dtype)")
+
+    # -- the error of an attempt -------------------------------------------------------------
+    def error_ratio(self, err: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per sample ``norm(err / scale)`` with the scale built from the magnitudes of ``a`` and
+        ``b`` (e.g. the state before and after the step), float64. A zero scale with zero error
+        gives 0, with non-zero error infinity (``atol = 0`` and a zero coordinate)."""
+        mag = torch.maximum(a.abs(), b.abs())
+        scale = self.atol + self.rtol * mag if self.error_scale == "sum" else torch.clamp(self.rtol * mag,
+                                                                                          min=self.atol)
+        ratio = torch.where(scale > 0, err / torch.where(scale > 0, scale, torch.ones_like(scale)),
+                            torch.where(err == 0, torch.zeros_like(err), torch.full_like(err, math.inf)))
+        norm = _NORMS[self.norm] if isinstance(self.norm, str) else self.norm
+        return norm(ratio).to(torch.float64)
+
+    # -- the next step ----------------------------------------------------------------------
+    def factor(self, e: torch.Tensor, e_prev: torch.Tensor, e_prev2: torch.Tensor, accepted: torch.Tensor,
+               q: float) -> torch.Tensor:
+        """Step factor per sample from the errors of this and the last two accepted steps.
+        Powers are taken as ``exp(r log e)``: a tensor ``**`` may round differently with the batch
+        size, and a sample's steps must not depend on the other samples."""
+        log = lambda v: torch.log(v.clamp_min(1e-10))  # noqa: E731
+        b1, b2, b3 = self.pcoeff + self.icoeff + self.dcoeff, -(self.pcoeff + 2 * self.dcoeff), self.dcoeff
+        grow = self.safety * torch.exp(-(b1 * log(e) + b2 * log(e_prev) + b3 * log(e_prev2)) / q)
+        shrink = self.safety * torch.exp(-log(e) / q)
+        factor = torch.where(accepted, grow.clamp(self.factor_min, self.factor_max),
+                             shrink.clamp(self.factor_min, 1.0))
+        return torch.where(torch.isfinite(factor) & (factor > 0), factor, torch.full_like(factor, _NONFINITE_SHRINK))
+
+    def hairer_first_step(self, term: Term, x: torch.Tensor, t0: float, t1: float, k0: torch.Tensor,
+                          order: float) -> torch.Tensor:
+        """Hairer's starting step (HNW I, II.4), per sample, with the probe point inside the span:
+        ``h0 = 0.01 ||x|| / ||f(x)||``, one Euler probe to estimate the second derivative, then
+        ``h1 = (0.01 / max(||f||, ||f'||))^(1/(order+1))``; ``min(100 h0, h1, span)``."""
+        span = abs(t1 - t0)
+        direction = 1.0 if t1 > t0 else -1.0
+        zero = torch.zeros_like(x)
+        d0 = self.error_ratio(x, x, zero)
+        d1 = self.error_ratio(k0, x, zero)
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5) | ~torch.isfinite(d0 / d1), torch.full_like(d0, 1e-6),
+                         0.01 * d0 / d1)
+        h0 = torch.minimum(h0, torch.full_like(h0, span))
+        x1 = x + per_sample((direction * h0).to(x.dtype), x) * k0
+        t_probe = torch.clamp(t0 + direction * h0, min(t0, t1), max(t0, t1))
+        k1 = term.drift(x1, t_probe)
+        d2 = self.error_ratio(k1 - k0, x, zero) / h0
+        d2 = torch.where(torch.isfinite(d2), d2, torch.full_like(d2, math.inf))
+        big = torch.maximum(d1, d2)
+        h1 = torch.where(big <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                         torch.exp(torch.log(0.01 / big) / (order + 1)))
+        return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, span))
+
+
+def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, controller: PIDController,
+                 save: SaveAt | None = None, max_steps: int = 10_000) -> Solution:
+    """Integrate from ``t0`` to ``t1`` with ``method`` under ``controller``, one step size per sample.
+
+    ``method`` provides ``error_order`` (q of the controller) and
+    ``init(term, x, t0) -> carry`` (per-sample tensors, e.g. the first stage of an FSAL pair),
+    ``first_step(term, x, t0, t1, carry, controller) -> h`` (per sample),
+    ``attempt(term, x, t, t_next, h, carry, rows) -> (x_new, err, (a, b), carry_new)`` for the
+    samples ``rows`` (``h`` signed, float64; ``err`` the local error estimate; ``a, b`` the
+    magnitudes the error is scaled by) and
+    ``commit(term, rows, accepted, carry, carry_new, x_new, t_next) -> carry`` (the rows' carry
+    after the decision).
+
+    A sample whose step falls below ``dt_min`` (repeated rejections, or non-finite field values,
+    which reject the attempt) stops there with an underflow; a sample whose first evaluation is
+    non-finite stops at once; a sample still short of ``t1`` after ``max_steps`` attempts stops
+    with ``max_steps``. The others run on. Every step is clipped to the span and lands exactly
+    on ``t1`` and on the save times, so the field is never evaluated outside ``[t0, t1]``.
+    """
+    n, dev = x.shape[0], x.device
+    direction = 1.0 if t1 > t0 else -1.0
+    span = abs(t1 - t0)
+    q = float(method.error_order)
+    t = torch.full((n,), t0, dtype=torch.float64, device=dev)
+    code = torch.where(finite_rows(x), NONE, NONFINITE)
+    if save is not None:
+        save.start(x, t0)
+    try:
+        carry = method.init(term, x, t0)
+    except FieldError as err:
+        err.step = 0
+        zero = torch.zeros(n, dtype=torch.long, device=dev)
+        err.solution = _solution(term, x, t, code, zero, zero, save)
+        raise
+    first_finite = torch.stack([finite_rows(v) for v in carry.values()]).all(0) if carry else torch.ones_like(code,
+                                                                                                             dtype=torch.bool)
+    code = torch.where((code == NONE) & ~first_finite, NONFINITE, code)
+    if controller.first_step is not None:
+        h = torch.full((n,), controller.first_step, dtype=torch.float64, device=dev)
+    else:
+        h = method.first_step(term, x, t0, t1, carry, controller)
+    h = h.clamp(max=span if controller.dt_max is None else min(span, controller.dt_max))
+    if controller.shared_step and n:
+        h = h[code == NONE].min().expand(n).clone() if bool((code == NONE).any()) else h
+    e_prev = torch.ones(n, dtype=torch.float64, device=dev)
+    e_prev2 = torch.ones_like(e_prev)
+    steps = torch.zeros(n, dtype=torch.long, device=dev)
+    accepted = torch.zeros_like(steps)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    rejected_nonfinite = torch.zeros(n, dtype=torch.bool, device=dev)
+    all_rows = torch.arange(n, device=dev)
+    lo, hi = min(t0, t1), max(t0, t1)
+    iteration = 0
+    while True:
+        active = ~done & (code == NONE) & (steps < max_steps)
+        if not bool(active.any()):
+            break
+        rows = all_rows[active]
+        ta, ha = t[rows], h[rows]
+        remaining = (t1 - ta) * direction
+        dt_min = (64 * torch.finfo(torch.float64).eps * torch.clamp(ta.abs(), min=span)
+                  if controller.dt_min is None else torch.full_like(ta, controller.dt_min))
+        under = ha < dt_min
+        if bool(under.any()):  # those samples stop where they are; the others go on
+            code[rows[under]] = UNDERFLOW
+            rows, ta, ha, remaining = rows[~under], ta[~under], ha[~under], remaining[~under]
+            if rows.numel() == 0:
+                continue
+        step = torch.minimum(ha, remaining)
+        t_next = torch.where(ha >= remaining, torch.full_like(ta, t1), ta + step * direction)
+        if save is not None:  # land exactly on the next save time
+            target, has = save.next_times(rows)
+            to_target = (target - ta) * direction
+            clip = has & (to_target > 0) & (to_target <= step)
+            step = torch.where(clip, to_target, step)
+            t_next = torch.where(clip, target, t_next)
+        t_next = t_next.clamp(lo, hi)
+        term.begin_step()
+        try:
+            x_new, err, (a, b), carry_new = method.attempt(term, x[rows], ta, t_next, step * direction,
+                                                           {k: v[rows] for k, v in carry.items()}, rows)
+        except FieldError as error:
+            error.step = int(steps[rows].max())
+            error.solution = _solution(term, x, t, code, steps, accepted, save)
+            raise
+        e = controller.error_ratio(err, a, b)
+        finite = finite_rows(x_new) & torch.isfinite(e)
+        rejected_nonfinite[rows] = ~finite
+        e = torch.where(finite, e, torch.full_like(e, math.inf))
+        if controller.shared_step:
+            e = e.max().expand_as(e)
+        ok = e <= 1.0
+        steps[rows] += 1
+        factor = controller.factor(e, e_prev[rows], e_prev2[rows], ok, q)
+        # an accepted step cut short by the end or a save time says little about the step the
+        # controller wanted: keep that one rather than scaling the clipped one
+        h_new = torch.where(ok & (step < ha), ha, step * factor)
+        if controller.dt_max is not None:
+            h_new = h_new.clamp(max=controller.dt_max)
+        if controller.shared_step:
+            h_new = h_new.min().expand_as(h_new)
+        h[rows] = h_new
+        try:
+            kept = method.commit(term, rows, ok, {k: v[rows] for k, v in carry.items()}, carry_new, x_new, t_next)
+        except FieldError as error:
+            error.step = int(steps[rows].max())
+            error.solution = _solution(term, x, t, code, steps, accepted, save)
+            raise
+        for k, v in kept.items():
+            carry[k][rows] = v
+        x[rows] = torch.where(per_sample(ok, x_new), x_new, x[rows])
+        t[rows] = torch.where(ok, t_next, ta)
+        e_prev2[rows] = torch.where(ok, e_prev[rows], e_prev2[rows])
+        e_prev[rows] = torch.where(ok, e.clamp_min(1e-10), e_prev[rows])
+        accepted[rows] += ok.long()
+        if save is not None:
+            save.record(rows[ok], t_next[ok], x_new[ok])
+        done[rows] = ok & (t_next == t1)
+        if term.callback is not None:
+            term.callback(iteration, t, x, None)
+        iteration += 1
+    code = torch.where((code == NONE) & ~done, MAX_STEPS, code)
+    sol = _solution(term, x, t, code, steps, accepted, save)
+    underflow_nonfinite = (code == UNDERFLOW) & rejected_nonfinite
+    if bool(underflow_nonfinite.any()):
+        sol.message += (f"; sample {int(underflow_nonfinite.nonzero()[0])} underflowed after non-finite field "
+                        "values")
+    sol.extras["max_steps"] = max_steps
+    return sol
+
+
+def _solution(term, x, t, code, steps, accepted, save) -> Solution:
+    status, message = summarise(code, steps, t)
+    ts, xs = save.result() if save is not None else (None, None)
+    return Solution(x=x, t=t, nfe=term.nfe, n_steps=steps, n_accepted=accepted, n_rejected=steps - accepted,
+                    failed=code != NONE, fault=code, status=status, message=message, ts=ts, xs=xs)
