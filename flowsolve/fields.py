@@ -336,15 +336,3 @@ class WrappedField(Field):
     def __repr__(self):
         return f"Field.from_{self.kind}({self.process!r}, {getattr(self.fn, '__name__', type(self.fn).__name__)})"
 
-
-_MOVED = ("ExactField", "EmpiricalField", "MixtureField", "exact_field")
-
-
-def __getattr__(name):
-    # Compatibility: the exact fields of toy laws moved to flowsolve.toy.exact (imported lazily,
-    # because flowsolve.toy.exact imports this module).
-    if name in _MOVED:
-        from .toy import exact
-
-        return getattr(exact, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
