@@ -457,12 +457,15 @@ def test_plain_callable_field_is_wrapped_as_denoiser(pname):
 
 
 @pytest.mark.parametrize("make", [fs.probability_flow, fs.reverse_sde], ids=["ode", "sde"])
-def test_field_for_another_process_object_refused(make):
+def test_field_for_an_unequal_process_refused(make):
+    """Processes are values: a field made for an equal process (another object with the same
+    parameters) is accepted; one made for an unequal process is refused, naming both."""
     field = fs.exact_field(fs.VE(), MIXTURE)
-    with pytest.raises(ValueError, match="process"):
-        make(fs.VE(), field)  # equal parameters, different object
-    with pytest.raises(ValueError, match="process"):
+    make(field.process, field)
+    make(fs.VE(), field)  # equal parameters, another object
+    with pytest.raises(ValueError, match=r"VE\(.*sigma_max.*40"):
+        make(fs.VE(sigma_max=40.0), field)
+    with pytest.raises(ValueError, match=r"process.*VP|VP.*process"):
         make(fs.VP(), Field.from_denoiser(fs.VE(), lambda x, t: x))
     with pytest.raises(ValueError, match="field"):
         make(fs.VE(), 3.0)
-    make(field.process, field)  # the right object is accepted
