@@ -225,6 +225,27 @@ def test_fixed_kwargs_may_use_any_name():
     assert seen == {"process": "a", "fn": "b", "kind": "c", "x": "d"}
 
 
+def test_user_subclass_implementing_denoise():
+    """A Field subclass that implements only _denoise(x, t, kwargs) gets every quantity, with
+    t as float64 (n,) and the per-call kwargs."""
+    seen = {}
+
+    class Shrink(Field):
+        def _denoise(self, x, t, kwargs):
+            seen.update(t=t, **kwargs)
+            return x * kwargs.get("factor", 0.5)
+
+    process = fs.VP()
+    field = Shrink(process, event_shape=(2, 3))
+    x, t = states(process, 4, (2, 3), seed=9)
+    direct = Field.from_denoiser(process, lambda z, tt, factor: z * factor, event_shape=(2, 3))
+    for kind in ["denoiser", "eps", "score", "velocity"]:
+        assert torch.equal(getattr(field, kind)(x, t, factor=0.25), getattr(direct, kind)(x, t, factor=0.25)), kind
+        assert seen["factor"] == 0.25 and seen["t"].dtype == F64 and torch.equal(seen["t"], t)
+    with pytest.raises(ValueError, match=r"\bx\b"):
+        field.denoiser(x.flatten(1), t)
+
+
 # ----------------------------------------------------------------------- output dtypes
 @pytest.mark.parametrize("out_dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_wrapped_output_of_another_floating_dtype_is_cast(out_dtype):
