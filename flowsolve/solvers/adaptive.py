@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .._validation import check_bool, check_real
+from .._validation import check_bool, check_int, check_real
 from .saving import SaveAt
 from .solution import MAX_STEPS, NONE, NONFINITE, UNDERFLOW, Solution, finite_rows, per_sample, summarise
 from .term import FieldError, Term
@@ -180,6 +180,7 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     with ``max_steps``. The others run on. Every step is clipped to the span and lands exactly
     on ``t1`` and on the save times, so the field is never evaluated outside ``[t0, t1]``.
     """
+    max_steps = check_int("max_steps", max_steps, 1)
     n, dev = x.shape[0], x.device
     direction = 1.0 if t1 > t0 else -1.0
     span = abs(t1 - t0)
@@ -283,7 +284,7 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             term.callback(iteration, t, x, None)
         iteration += 1
     code = torch.where((code == NONE) & ~done, MAX_STEPS, code)
-    sol = _solution(term, x, t, code, steps, accepted, save)
+    sol = _solution(term, x, t, code, steps, accepted, save, max_steps)
     underflow_nonfinite = (code == UNDERFLOW) & rejected_nonfinite
     if bool(underflow_nonfinite.any()):
         sol.message += (f"; sample {int(underflow_nonfinite.nonzero()[0])} underflowed after non-finite field "
@@ -292,8 +293,8 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     return sol
 
 
-def _solution(term, x, t, code, steps, accepted, save) -> Solution:
-    status, message = summarise(code, steps, t)
+def _solution(term, x, t, code, steps, accepted, save, max_steps=None) -> Solution:
+    status, message = summarise(code, steps, t, what={MAX_STEPS: f"max_steps={max_steps} reached"})
     ts, xs = save.result() if save is not None else (None, None)
     return Solution(x=x, t=t, nfe=term.nfe, n_steps=steps, n_accepted=accepted, n_rejected=steps - accepted,
                     failed=code != NONE, fault=code, status=status, message=message, ts=ts, xs=xs)

@@ -229,9 +229,10 @@ def _noise_for(info, seed, noise, generator, x, offset=0):
     if sum(v is not None for v in (seed, noise, generator)) > 1:
         raise ValueError("give one of seed, noise or generator")
     if noise is not None:
-        if not isinstance(noise, NoiseSource):
-            raise ValueError(f"noise must be a fs.NoiseSource, got {type(noise).__name__}")
-        if noise.n != x.shape[0] or noise.event_shape != tuple(x.shape[1:]):
+        if not callable(getattr(noise, "randn", None)):
+            raise ValueError(f"noise must be a fs.NoiseSource (or any object whose randn() draws (n, *event_shape)), "
+                             f"got {type(noise).__name__}")
+        if isinstance(noise, NoiseSource) and (noise.n != x.shape[0] or noise.event_shape != tuple(x.shape[1:])):
             raise ValueError(f"noise draws shape ({noise.n}, {', '.join(map(str, noise.event_shape))}) but x has shape "
                              f"{tuple(x.shape)}")
         return noise
@@ -365,7 +366,7 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
 
 
 def _event_shape(shape, field: Field, x_init):
-    known = field.event_shape
+    """One sample's shape: ``shape=``, else the field's, else x_init's; any two given must agree."""
     if shape is not None:
         if isinstance(shape, int) and not isinstance(shape, bool):
             shape = (shape,)
@@ -375,13 +376,16 @@ def _event_shape(shape, field: Field, x_init):
             raise ValueError(f"shape must be a tuple of positive ints (one sample's shape), got {shape!r}") from None
         if not shape:
             raise ValueError("shape must have at least one dimension (for scalar data use shape=(1,))")
-    for name, other in (("the field's event_shape", known), ("x_init's", None if x_init is None
-                                                              else tuple(x_init.shape[1:]))):
-        if other is None:
-            continue
-        if shape is not None and tuple(other) != shape:
-            raise ValueError(f"shape={shape} does not match {name} {tuple(other)}")
-        shape = tuple(other)
+    known = None if field.event_shape is None else tuple(field.event_shape)
+    given = None if x_init is None else tuple(x_init.shape[1:])
+    if shape is not None and known is not None and shape != known:
+        raise ValueError(f"shape={shape} does not match the field's event_shape {known}")
+    if given is not None and known is not None and given != known:
+        raise ValueError(f"x_init has event shape {given}, but the field's is {known}: x_init must have shape "
+                         f"(n, {', '.join(map(str, known))})")
+    if shape is not None and given is not None and shape != given:
+        raise ValueError(f"shape={shape} does not match x_init's event shape {given}")
+    shape = shape or known or given
     if shape is None:
         raise ValueError("the field does not know the shape of a sample: pass shape=(...) (e.g. shape=(3, 32, 32)), "
                          "or x_init, or make the field with event_shape=")

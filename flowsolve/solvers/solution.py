@@ -61,12 +61,13 @@ class Solution:
                 f"{', ' + self.message if self.message else ''})")
 
 
-def summarise(fault: torch.Tensor, fault_step: torch.Tensor | None = None,
-              t: torch.Tensor | None = None) -> tuple[str, str]:
+def summarise(fault: torch.Tensor, fault_step: torch.Tensor | None = None, t: torch.Tensor | None = None,
+              what: dict | None = None) -> tuple[str, str]:
     """``(status, message)`` from per-sample fault codes: one host synchronisation, at the end.
 
     The message counts the failed samples per kind and, for the first sample of each kind, gives
-    its step (``fault_step``) and time (``t``)."""
+    its step (``fault_step``) and time (``t``); ``what`` overrides the description of a kind."""
+    what = {**_WHAT, **(what or {})}
     codes = fault.cpu()
     failed = (codes != NONE).nonzero().flatten().tolist()
     if not failed:
@@ -82,7 +83,7 @@ def summarise(fault: torch.Tensor, fault_step: torch.Tensor | None = None,
             at.append(f"step {int(fault_step[i])}")
         if t is not None:
             at.append(f"t={float(t[i])!r}")
-        parts.append(f"{_WHAT[kind]} in {rows.numel()} sample(s), first sample {i}"
+        parts.append(f"{what[kind]} in {rows.numel()} sample(s), first sample {i}"
                      f"{' at ' + ', '.join(at) if at else ''}")
     n = codes.numel()
     message = f"{len(failed)} of {n} sample(s) failed, the others ran to the end: " + "; ".join(parts)

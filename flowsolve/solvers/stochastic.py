@@ -206,15 +206,24 @@ def _predictor(term, noise, predictor, predictor_options):
         if "eta" in options:
             options["eta"] = check_real("predictor_options['eta']", options["eta"], minimum=0.0, maximum=1.0)
         return lambda x, t0, t1: update(term, x, t0, t1, noise.randn(), **options)
-    info = get_solver(predictor) if isinstance(predictor, str) else None
-    if info is None or info.kind != "ode" or info.single_step is None:
-        raise ValueError(f"predictor must be one of {sorted(_SDE_PREDICTORS)}, a registered one-step ODE solver "
-                         f"(a probability-flow predictor, e.g. 'euler', 'heun', 'dpm_solver_2'; multistep and adaptive "
-                         f"ones would restart every step) or None; got {predictor!r}")
+    info = _ode_predictor(predictor)
     if options:
         raise ValueError(f"predictor_options {sorted(options)} given, but the ODE predictor {predictor!r} takes none")
     ode = term.view(ProbabilityFlowODE(term.process, term.field))
     return lambda x, t0, t1: info.single_step(ode, x, t0, t1)
+
+
+def _ode_predictor(predictor):
+    """The registry entry of a one-step ODE solver used as ``pc``'s predictor, or a ValueError."""
+    try:
+        info = get_solver(predictor)
+    except ValueError:
+        info = None
+    if info is None or info.kind != "ode" or info.single_step is None:
+        raise ValueError(f"predictor must be one of {sorted(_SDE_PREDICTORS)}, a registered one-step ODE solver "
+                         f"(a probability-flow predictor, e.g. 'euler', 'heun', 'dpm_solver_2'; multistep and adaptive "
+                         f"ones would restart every step) or None; got {predictor!r}")
+    return info
 
 
 def annealed_langevin(term, x, ts, *, save=None, noise, eps: float | None = None, n_steps_each: int = 100):
@@ -422,11 +431,7 @@ def _pc_cost(options: dict) -> int:
     elif predictor in _SDE_PREDICTORS:
         pred = 1
     else:
-        info = get_solver(predictor) if isinstance(predictor, str) else None
-        if info is None or info.kind != "ode" or info.single_step is None:
-            raise ValueError(f"predictor must be one of {sorted(_SDE_PREDICTORS)}, a registered one-step ODE "
-                             f"solver or None; got {predictor!r}")
-        pred = info.nfe_per_step
+        pred = _ode_predictor(predictor).nfe_per_step
     corrector = options.get("corrector", "ald")
     corr = check_int("n_corrector_steps", options.get("n_corrector_steps", 1), 0) if corrector is not None else 0
     return max(1, pred + corr)
