@@ -485,7 +485,7 @@ def test_underflow_stops_only_the_failing_sample(solver):
     torch.testing.assert_close(sol.x[1:, 0], torch.full((2,), math.e, dtype=F64), rtol=1e-4, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="solution.py:88 (summarise) always writes 'N of n sample(s) failed, the "
+@pytest.mark.xfail(strict=True, reason="solution.py summarise() always writes 'N of n sample(s) failed, the "
                                       "others ran to the end', also when every sample failed and there are no others")
 @pytest.mark.parametrize("solver, kw", [("heun", dict(steps=4)), ("dopri5", {})])
 def test_message_when_every_sample_fails(solver, kw):
