@@ -438,7 +438,7 @@ def test_solve_bad_x(x, match):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(rtol=0.0, atol=0.0), "rtol and atol"), (dict(rtol=-1e-3), "rtol"), (dict(rtol=float("nan")), "rtol"),
-    (dict(rtol=float("inf")), "rtol"), (dict(rtol=1e-300), "rtol"), (dict(rtol="1e-3"), "rtol"),
+    (dict(rtol=float("inf")), "rtol"), (dict(rtol=1e-300, atol=0.0), "rtol"), (dict(rtol="1e-3"), "rtol"),
     (dict(atol=-1e-3), "atol"),
     (dict(max_steps=0), "max_steps"), (dict(max_steps=-5), "max_steps"), (dict(max_steps=2.5), "max_steps"),
     (dict(max_steps=float("inf")), "max_steps"), (dict(max_steps=float("nan")), "max_steps"),

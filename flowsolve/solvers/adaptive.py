@@ -77,7 +77,7 @@ class PIDController:
         set_("atol", check_real("atol", self.atol, minimum=0.0))
         if self.rtol == 0 and self.atol == 0:
             raise ValueError("rtol and atol must not both be 0: give rtol > 0 or atol > 0")
-        if not callable(self.norm) and self.norm not in _NORMS:
+        if not callable(self.norm) and not (isinstance(self.norm, str) and self.norm in _NORMS):
             raise ValueError(f"norm must be 'rms', 'max' or a callable (n, ...) -> (n,), got {self.norm!r}")
         for name in ("pcoeff", "icoeff", "dcoeff"):
             set_(name, check_real(name, getattr(self, name), minimum=0.0))
@@ -101,14 +101,18 @@ class PIDController:
 
     def with_options(self, **options) -> "PIDController":
         """A copy with some fields replaced (``rtol=``/``atol=`` shortcuts of the solvers)."""
+        unknown = sorted(set(options) - set(self.option_names()))
+        if unknown:
+            raise ValueError(f"unknown PIDController field(s) {unknown}: it has {list(self.option_names())}")
         return replace(self, **options)
 
     def check_resolvable(self, dtype: torch.dtype):
-        """An ``rtol`` below what ``dtype`` resolves can never be met: refuse it up front."""
+        """A pure relative tolerance below what ``dtype`` resolves can never be met: refuse it up
+        front (with ``atol > 0`` the absolute part can still be met)."""
         floor = 4 * torch.finfo(dtype).eps
-        if 0 < self.rtol < floor:
-            raise ValueError(f"rtol={self.rtol!r} is below what {dtype} arithmetic can resolve: rtol must be 0 or "
-                             f">= {floor:.3g} (4 eps of the state's dtype)")
+        if self.atol == 0 and 0 < self.rtol < floor:
+            raise ValueError(f"rtol={self.rtol!r} with atol=0 is below what {dtype} arithmetic can resolve: rtol must be "
+                             f">= {floor:.3g} (4 eps of the state's dtype), or give atol > 0")
 
     # -- the error of an attempt -------------------------------------------------------------
     def error_ratio(self, err: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -202,7 +206,8 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     if controller.first_step is not None:
         h = torch.full((n,), controller.first_step, dtype=torch.float64, device=dev)
     else:
-        h = method.first_step(term, x, t0, t1, carry, controller)
+        with torch.no_grad():
+            h = method.first_step(term, x, t0, t1, carry, controller)
     h = h.clamp(max=span if controller.dt_max is None else min(span, controller.dt_max))
     if controller.shared_step and n:
         h = h[code == NONE].min().expand(n).clone() if bool((code == NONE).any()) else h
@@ -247,12 +252,14 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             error.step = int(steps[rows].max())
             error.solution = _solution(term, x, t, code, steps, accepted, save)
             raise
-        e = controller.error_ratio(err, a, b)
+        # step sizes are decisions, not functions to differentiate (as in diffrax): a differentiable
+        # solve differentiates the steps taken, with the step sizes held fixed
+        e = controller.error_ratio(err.detach(), a.detach(), b.detach())
         finite = finite_rows(x_new) & torch.isfinite(e)
         rejected_nonfinite[rows] = ~finite
         e = torch.where(finite, e, torch.full_like(e, math.inf))
-        if controller.shared_step:
-            e = e.max().expand_as(e)
+        if controller.shared_step:  # the samples with finite values share; a non-finite one shrinks alone
+            e = torch.where(finite, torch.where(finite, e, 0.0).max(), e)
         ok = e <= 1.0
         steps[rows] += 1
         factor = controller.factor(e, e_prev[rows], e_prev2[rows], ok, q)
@@ -261,8 +268,8 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
         h_new = torch.where(ok & (step < ha), ha, step * factor)
         if controller.dt_max is not None:
             h_new = h_new.clamp(max=controller.dt_max)
-        if controller.shared_step:
-            h_new = h_new.min().expand_as(h_new)
+        if controller.shared_step and bool(finite.any()):
+            h_new = torch.where(finite, h_new[finite].min(), h_new)
         h[rows] = h_new
         try:
             kept = method.commit(term, rows, ok, {k: v[rows] for k, v in carry.items()}, carry_new, x_new, t_next)
@@ -270,9 +277,9 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             error.step = int(steps[rows].max())
             error.solution = _solution(term, x, t, code, steps, accepted, save)
             raise
-        for k, v in kept.items():
-            carry[k][rows] = v
-        x[rows] = torch.where(per_sample(ok, x_new), x_new, x[rows])
+        # out of place: a differentiable solve needs the states it has overwritten
+        carry = {k: carry[k].index_put((rows,), v) for k, v in kept.items()}
+        x = x.index_put((rows,), torch.where(per_sample(ok, x_new), x_new, x[rows]))
         t[rows] = torch.where(ok, t_next, ta)
         e_prev2[rows] = torch.where(ok, e_prev[rows], e_prev2[rows])
         e_prev[rows] = torch.where(ok, e.clamp_min(1e-10), e_prev[rows])

@@ -86,7 +86,9 @@ def summarise(fault: torch.Tensor, fault_step: torch.Tensor | None = None, t: to
         parts.append(f"{what[kind]} in {rows.numel()} sample(s), first sample {i}"
                      f"{' at ' + ', '.join(at) if at else ''}")
     n = codes.numel()
-    message = f"{len(failed)} of {n} sample(s) failed, the others ran to the end: " + "; ".join(parts)
+    head = (f"all {n} sample(s) failed" if len(failed) == n else
+            f"{len(failed)} of {n} sample(s) failed, the others ran to the end")
+    message = head + ": " + "; ".join(parts)
     return FAULT_KINDS[int(codes[failed[0]])], message
 
 
