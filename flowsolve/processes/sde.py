@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from .._validation import check_order, check_real, check_time_range
-from .base import ValueObject, callable_name, require_canonical  # noqa: F401  (require_canonical: re-export, to be removed)
+from .base import ValueObject, callable_name
 
 
 class SDE(ValueObject):

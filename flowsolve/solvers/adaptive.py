@@ -119,6 +119,9 @@ class PIDController:
         """Per sample ``norm(err / scale)`` with the scale built from the magnitudes of ``a`` and
         ``b`` (e.g. the state before and after the step), float64. A zero scale with zero error
         gives 0, with non-zero error infinity (``atol = 0`` and a zero coordinate)."""
+        # float16/bfloat16 states: the ratios' squares overflow there, so compute in float32
+        if err.dtype not in (torch.float32, torch.float64):
+            err, a, b = err.float(), a.float(), b.float()
         mag = torch.maximum(a.abs(), b.abs())
         scale = self.atol + self.rtol * mag if self.error_scale == "sum" else torch.clamp(self.rtol * mag,
                                                                                           min=self.atol)

@@ -24,7 +24,7 @@ from .fixed import denoise_final as _denoise_final
 from .noise import GeneratorNoise, NoiseSource
 from .registry import SolverInfo, get_solver
 from .saving import SaveAt
-from .solution import Solution, empty_solution
+from .solution import Solution, empty_solution, finite_rows
 from .term import Term
 
 PRIOR_STREAM, SOLVER_STREAM = 0, 1
@@ -352,7 +352,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
         prior = (GeneratorNoise(generator, n, event, device=device) if generator is not None else
                  NoiseSource(seed, n, event, device=device, offset=offset, stream=PRIOR_STREAM))
         x_init = (process.prior_std * prior.kernel_noise(process.kernel)).to(dtype)  # scaled in float64, cast once
+        overflow = int((~finite_rows(x_init)).sum())
     else:
+        overflow = 0
         x_init = x_init.to(dtype=dtype, device=device)
     noise = None
     if info.kind == "sde":
@@ -362,6 +364,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
                    extra_args=extra_args, callback=callback, differentiable=differentiable,
                    denoise_at=process.t_min if denoise_final else None)
     sol.extras["grid"] = times
+    if overflow:  # a heavy-tailed prior (PFGM) in a narrow dtype: say why those samples failed at once
+        sol.message += (f"; the prior draw of {overflow} sample(s) does not fit {dtype} (|x| > "
+                        f"{torch.finfo(dtype).max:.4g}): use a wider dtype or a smaller sigma_max")
     return sol
 
 
