@@ -292,8 +292,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
 
     Budget: a fixed-step solver takes exactly one of ``steps`` or ``nfe`` (with ``nfe`` the step
     count is the largest whose evaluations fit, the final denoising included) on the time grid
-    ``grid`` (default "karras"; ``fs.available_grids()``; ``rho=`` for karras; ``grid="explicit"``
-    with ``ts=``); an adaptive solver takes ``rtol``/``atol`` or ``controller=`` instead, and no grid.
+    ``grid`` (default: the solver's ``default_grid``, "karras" except for annealed_langevin's
+    geometric "log_sigma" levels; ``fs.available_grids()``; ``rho=`` for karras;
+    ``grid="explicit"`` with ``ts=``); an adaptive solver takes ``rtol``/``atol`` or ``controller=`` instead, and no grid.
 
     Shape: each sample has shape ``shape`` (e.g. ``(3, 32, 32)``), else the field's own
     ``event_shape``, else ``x_init``'s. ``x_init`` gives the prior points instead of drawing them.
@@ -406,7 +407,7 @@ def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho,
             raise ValueError(f"solver {info.name!r} is adaptive: it chooses its own steps from its tolerances, so "
                              f"{'/'.join(given)} would be ignored; give rtol/atol or controller= instead")
         return torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
-    grid = "karras" if grid is None else grid
+    grid = info.default_grid if grid is None else grid
     if grid == "explicit":
         if steps is not None or nfe is not None:
             raise ValueError("grid='explicit' takes its steps from ts=; do not pass steps or nfe")

@@ -40,6 +40,7 @@ class SolverInfo:
     single_step: Callable | None = None
     default_controller: PIDController | None = None
     options: dict = field(default_factory=dict)
+    default_grid: str = "karras"
 
     @property
     def category(self) -> str:
@@ -80,7 +81,7 @@ class SolverInfo:
     def as_dict(self) -> dict:
         return {"kind": self.kind, "category": self.category, "order": self.order, "nfe_per_step": self.nfe_per_step,
                 "adaptive": self.adaptive, "process_aware": self.process_aware, "description": self.description,
-                "options": self.accepted_options()}
+                "options": self.accepted_options(), "default_grid": None if self.adaptive else self.default_grid}
 
 
 _REGISTRY: dict[str, SolverInfo] = {}
@@ -95,8 +96,8 @@ def _signature_options(fn: Callable) -> dict:
 def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per_step: int, adaptive: bool = False,
                     process_aware: bool = False, description: str = "", overwrite: bool = False,
                     cost: Callable | None = None, steps_for_budget: Callable | None = None,
-                    single_step: Callable | None = None,
-                    default_controller: PIDController | None = None) -> SolverInfo:
+                    single_step: Callable | None = None, default_controller: PIDController | None = None,
+                    default_grid: str = "karras") -> SolverInfo:
     """Make ``fn`` available as ``solver=name`` in :func:`~flowsolve.solve` and :func:`~flowsolve.sample`.
 
     ``fn(term, x, ts, *, save, **options)`` (stochastic solvers also get ``noise``, adaptive ones
@@ -105,7 +106,8 @@ def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per
     :func:`~flowsolve.solvers.run_adaptive`. Its keyword-only parameters are its options.
     ``nfe_per_step`` is the cost with default options; ``cost(options) -> int`` gives it for other
     options, and ``steps_for_budget(nfe, options) -> steps`` when steps do not all cost the same,
-    so that ``sample(nfe=...)`` stays within budget.
+    so that ``sample(nfe=...)`` stays within budget. ``default_grid`` is the time grid
+    :func:`~flowsolve.sample` uses when none is named (fixed-step solvers).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -123,7 +125,7 @@ def register_solver(name: str, fn: Callable, *, kind: str, order: float, nfe_per
         default_controller = PIDController()
     info = SolverInfo(name, fn, kind, float(order), nfe_per_step, bool(adaptive), bool(process_aware), description,
                       cost, steps_for_budget, single_step, default_controller if adaptive else None,
-                      _signature_options(fn))
+                      _signature_options(fn), default_grid)
     _REGISTRY[name] = info
     return info
 
@@ -137,6 +139,7 @@ def get_solver(name) -> SolverInfo:
 def available_solvers() -> dict[str, dict]:
     """Solver name -> what it is: kind ("ode"/"sde"), category ("fixed-step ODE", "adaptive ODE",
     "fixed-step stochastic", "adaptive stochastic"), order, nfe_per_step, adaptive, process_aware,
-    description and options (name -> default; adaptive solvers also take the fields of
-    :class:`~flowsolve.PIDController`, listed with the solver's defaults)."""
+    description, options (name -> default; adaptive solvers also take the fields of
+    :class:`~flowsolve.PIDController`, listed with the solver's defaults) and default_grid (the
+    grid :func:`~flowsolve.sample` uses when none is named; None for adaptive solvers)."""
     return {name: info.as_dict() for name, info in sorted(_REGISTRY.items())}

@@ -227,7 +227,8 @@ def _ode_predictor(predictor):
 
 
 def annealed_langevin(term, x, ts, *, save=None, noise, eps: float | None = None, n_steps_each: int = 100):
-    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1), on the noise levels ``ts[1:]``.
+    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1), on the noise levels ``ts[1:]``
+    (``fs.sample``'s default grid for it is NCSN's geometric sequence, ``"log_sigma"``).
 
     At level ``t_i`` (``i = 1..L``), in the scaled-out frame ``x̂ = x/s`` (= x for VE/EDM),
     ``n_steps_each`` steps ``x̂ <- x̂ + eps_i score_x̂ + sqrt(2 eps_i) z`` with ``score_x̂ = s score`` and
@@ -456,6 +457,7 @@ register_solver("pc", pc, kind="sde", order=1.0, nfe_per_step=2, process_aware=T
                             "(score_sde's snr rules); NFE per step = predictor's + n_corrector_steps")
 register_solver("annealed_langevin", annealed_langevin, kind="sde", order=1.0, nfe_per_step=100, process_aware=True,
                 cost=lambda options: check_int("n_steps_each", options.get("n_steps_each", 100), 1),
+                default_grid="log_sigma",  # NCSN's geometric noise levels
                 description="NCSN annealed Langevin dynamics, n_steps_each (default 100) steps per noise level; "
                             "bias O(eps), not a time discretisation")
 register_solver("edm_stochastic", edm_stochastic, kind="sde", order=2.0, nfe_per_step=2, process_aware=True,
