@@ -237,13 +237,38 @@ def test_lower_order_final_for_few_steps():
     assert fs.solve(flow, x0, fs.make_grid(process, "log_sigma", 5), "dpmpp_3m").extras["orders"] == [1, 2, 3, 2, 1]
 
 
-@pytest.mark.parametrize("solver", ["dpmpp_2m", "dpmpp_3m", "unipc"])
-def test_no_lower_order_final_from_ten_steps(solver):
+@pytest.mark.parametrize("solver, options, below", [
+    ("dpmpp_2m", {}, ex.LOWER_ORDER_FINAL_BELOW), ("unipc", {}, ex.LOWER_ORDER_FINAL_BELOW),
+    ("dpmpp_3m", {"variant": "published"}, ex.LOWER_ORDER_FINAL_BELOW),  # dpm-solver's rule: < 10
+    ("dpmpp_3m", {}, ex.LOWER_ORDER_FINAL_BELOW_3M),  # the exact 3M: < 15 (diffusers' rule)
+])
+def test_lower_order_final_threshold(solver, options, below):
+    """The final lower orders apply below the threshold and not from it on."""
+    assert (ex.LOWER_ORDER_FINAL_BELOW, ex.LOWER_ORDER_FINAL_BELOW_3M) == (10, 15)
     process, flow, x0, _ = _gaussian_problem("VP")
-    ts = fs.make_grid(process, "log_sigma", ex.LOWER_ORDER_FINAL_BELOW)
-    a = fs.solve(flow, x0, ts, solver)
-    b = fs.solve(flow, x0, ts, solver, lower_order_final=False)
-    assert torch.equal(a.x, b.x)
+    for steps, differs in ((below - 1, True), (below, False)):
+        ts = fs.make_grid(process, "log_sigma", steps)
+        a = fs.solve(flow, x0, ts, solver, **options)
+        b = fs.solve(flow, x0, ts, solver, lower_order_final=False, **options)
+        assert (not torch.equal(a.x, b.x)) == differs, steps
+        assert (a.extras["orders"][-1] == 1) == differs
+
+
+def test_dpmpp_3m_error_no_longer_jumps_from_9_to_10_steps():
+    """(Was a defect: with the reference codes' threshold 10, the exact 3M's error on a sharp
+    mixture under EDM on the Karras grid went 0.96 -> 1.54 -> 1.00 at 9/10/11 NFE, while 2M gave
+    0.40 at 10: the two long final steps in lambda were taken at order 3.) Now it decreases."""
+    process = fs.EDM()
+    data = fs.toy.random_mixture(2, 4)
+    field = fs.exact_field(process, data)
+    x0 = process.prior_sample(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = fs.sample(process, field, 300, "dopri5", x_init=x0, rtol=1e-9, atol=1e-9).x
+    err = {k: float((fs.sample(process, field, 300, "dpmpp_3m", nfe=k, x_init=x0).x - ref).norm(dim=1).mean())
+           for k in (9, 10, 11, 12)}
+    assert err[10] < err[9] and err[11] < err[10] and err[12] < err[11], err
+    old = float((fs.sample(process, field, 300, "dpmpp_3m", nfe=10, x_init=x0, lower_order_final=False).x
+                 - ref).norm(dim=1).mean())
+    assert old > 1.3 * err[9]  # the old rule at 10 steps (orders 3 to the end) is the jump
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

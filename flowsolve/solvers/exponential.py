@@ -23,7 +23,7 @@ for small ``|z|``):
   intermediate points at ``lambda_i + r h`` (r1 = 1/2; r1 = 1/3, r2 = 2/3).
 * ``dpmpp_2m``/``dpmpp_3m`` -- multistep DPM-Solver++ in *data-prediction* form (Lu et al.
   2022b), 1 NFE per step; the first steps warm up with lower orders and, for fewer than 10
-  steps, the last steps drop to lower orders (the reference code's ``lower_order_final``).
+  steps (15 for ``dpmpp_3m``), the last steps drop to lower orders (``lower_order_final``).
   3M integrates the quadratic interpolant of ``D`` exactly: its second-difference term has
   twice the coefficient of the reference codes (LuChengTHU/dpm-solver, diffusers, k-diffusion),
   whose version (``variant="published"``) is only second order (see docs/solvers_exponential.md).
@@ -46,6 +46,12 @@ from .registry import register_solver
 # Multistep solvers use lower orders at the end only for fewer steps than this (as in the
 # reference DPM-Solver code, ``lower_order_final and steps < 10``).
 LOWER_ORDER_FINAL_BELOW = 10
+# dpmpp_3m with the exact D2 weight does so below 15 steps (diffusers' rule). On a Karras grid the
+# last two steps of a 10-14 step run are 1.3-2.1 long in lambda; there D - x/s decays like
+# sigma^2 = e^{-2 lambda}, and the 3-point extrapolation of D over such a step amplifies the error
+# the state carries in (sum of |weights| 4.9-6.2, against 1.8-2.0 for 2M): with the threshold 10
+# the error jumped up from 9 to 10 steps (docs/solvers_exponential.md, "Lower-order final steps").
+LOWER_ORDER_FINAL_BELOW_3M = 15
 
 _PHI_SERIES_BELOW = 0.5
 _PHI_SERIES_TERMS = 30
@@ -86,11 +92,12 @@ class LambdaGrid:
         return self.s[i + 1], ratio, self.lam[i + 1] - self.lam[i]
 
 
-def multistep_order(i: int, n_steps: int, order: int, lower_order_final: bool) -> int:
+def multistep_order(i: int, n_steps: int, order: int, lower_order_final: bool,
+                    below: int = LOWER_ORDER_FINAL_BELOW) -> int:
     """Order of step i (0-based) of an ``order``-step method: warm-up ``min(order, i+1)``; with
-    ``lower_order_final`` and fewer than 10 steps also ``<= n_steps - i`` (last step order 1)."""
+    ``lower_order_final`` and fewer than ``below`` steps also ``<= n_steps - i`` (last step order 1)."""
     k = min(order, i + 1)
-    if lower_order_final and n_steps < LOWER_ORDER_FINAL_BELOW:
+    if lower_order_final and n_steps < below:
         k = min(k, n_steps - i)
     return k
 
@@ -172,7 +179,8 @@ def dpmpp_multistep(order: int, term, x, ts, save, lower_order_final: bool, vari
     (``variant="published"``: LuChengTHU/dpm-solver, diffusers, k-diffusion), second order only.
     """
     grid = LambdaGrid(term, ts)
-    orders = [multistep_order(i, grid.n_steps, order, lower_order_final) for i in range(grid.n_steps)]
+    below = LOWER_ORDER_FINAL_BELOW_3M if order == 3 and variant == "exact" else LOWER_ORDER_FINAL_BELOW
+    orders = [multistep_order(i, grid.n_steps, order, lower_order_final, below) for i in range(grid.n_steps)]
     d2_weight = 2.0 if variant == "exact" else 1.0
     lam, denoised = [], []  # history, most recent last
 
@@ -214,9 +222,12 @@ def dpmpp_3m(term, x, ts, *, save=None, lower_order_final: bool = True, variant:
     """DPM-Solver++(3M), data prediction, 1 NFE per step, warm-up with (1) and (2M).
 
     Options: ``variant="exact"`` (default) gives the second-difference term ``2 (-h phi_3(-h)) D2``,
-    which integrates the quadratic interpolant of ``D`` exactly (order 3); ``variant="published"``
-    reproduces LuChengTHU/dpm-solver, diffusers and k-diffusion, whose weight is half of it (order 2).
-    ``lower_order_final`` (default True): below 10 steps the last steps drop order.
+    which integrates the quadratic interpolant of ``D`` exactly (order 3), and drops to lower
+    orders on the last two steps below 15 steps (diffusers' rule: on few-step Karras grids the
+    last steps are long in lambda, where extrapolating D amplifies the error); ``variant="published"``
+    reproduces LuChengTHU/dpm-solver exactly (and diffusers where its rules agree), whose weight
+    is half of it (order 2), with dpm-solver's lower-order final steps below 10 steps.
+    ``lower_order_final`` (default True) switches the final lower orders on or off.
     """
     if variant not in ("exact", "published"):
         raise ValueError(f"variant must be 'exact' or 'published', got {variant!r}")
