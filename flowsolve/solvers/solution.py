@@ -102,7 +102,7 @@ def empty_solution(x: torch.Tensor, t_end: float) -> Solution:
 
 def finite_rows(v: torch.Tensor) -> torch.Tensor:
     """Per sample: is every entry of ``v`` (shape ``(n, ...)``) finite? Shape ``(n,)``, no sync."""
-    return torch.isfinite(v.reshape(v.shape[0], -1)).all(-1)
+    return torch.isfinite(v.flatten(1) if v.ndim > 1 else v.unsqueeze(1)).all(-1)
 
 
 def per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
