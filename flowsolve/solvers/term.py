@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..fields import check_output
+from ..flows import ProbabilityFlowODE, ReverseSDE
 
 
 class FieldError(RuntimeError):
@@ -114,10 +115,9 @@ class Term:
     def drift(self, x: torch.Tensor, t, rows=None) -> torch.Tensor:
         """The flow's drift ``dx/dt``."""
         flow = self.flow
-        if self.field is not None and hasattr(flow, "drift_from_score"):  # reverse SDE of a canonical process
-            score = self.score(x, t, rows)
-            return flow.drift_from_score(x, t, score)
-        if self.field is not None:  # probability-flow ODE: its drift is the field's velocity
+        if self.field is not None and type(flow) is ReverseSDE:  # of a canonical process
+            return flow.drift_from_score(x, t, self.score(x, t, rows))
+        if self.field is not None and type(flow) is ProbabilityFlowODE:  # its drift is the field's velocity
             return self.velocity(x, t, rows)
         return self._evaluate("drift", lambda kw: flow.drift(x, t, **kw), x, t, rows)
 
