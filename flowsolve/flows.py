@@ -37,6 +37,11 @@ def _as_field(process, field) -> Field:
     raise ValueError(f"field must be a flowsolve Field or a denoiser callable fn(x, t), got {type(field).__name__}")
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in at least float32 (float16/bfloat16 arithmetic on SDE coefficients overflows)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def _per_sample(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return g.reshape(g.shape[0], *([1] * (x.ndim - 1))) if g.ndim else g
 
@@ -88,7 +93,9 @@ class ProbabilityFlowODE(_Flow):
     def drift(self, x: torch.Tensor, t, **kwargs) -> torch.Tensor:
         if self.field is not None:
             return self.field.velocity(x, t, **kwargs)
-        return self._forward_drift(x, t) - 0.5 * self._coefficient("g", t, x) ** 2 * self._score(x, t, **kwargs)
+        wide = _wide(x)
+        score = self._score(x, t, **kwargs).to(wide.dtype)
+        return (self._forward_drift(wide, t) - 0.5 * self._coefficient("g", t, wide) ** 2 * score).to(x.dtype)
 
 
 class ReverseSDE(_Flow):
@@ -100,8 +107,11 @@ class ReverseSDE(_Flow):
         return self.drift_from_score(x, t, score)
 
     def drift_from_score(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
-        """``f(t) x - g(t)^2 score`` for a score already evaluated at ``(x, t)``."""
-        return self._forward_drift(x, t) - self._coefficient("g", t, x) ** 2 * score
+        """``f(t) x - g(t)^2 score`` for a score already evaluated at ``(x, t)``, computed in at
+        least float32 (``g^2`` alone overflows float16 for VE with sigma_max in the hundreds)."""
+        wide = _wide(x)
+        out = self._forward_drift(wide, t) - self._coefficient("g", t, wide) ** 2 * score.to(wide.dtype)
+        return out.to(x.dtype)
 
     def diffusion(self, t) -> torch.Tensor:
         """``g(t)``, float64 (checked: t must lie in the span)."""

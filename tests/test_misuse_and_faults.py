@@ -329,3 +329,149 @@ def test_float16_prior_overflow_fails_only_those_samples():
     assert 0 < int(too_big.sum()) < 20 and torch.equal(sol.failed, too_big)
     assert "does not fit torch.float16" in sol.message
     assert torch.isfinite(sol.x[~sol.failed]).all()
+
+
+# =========================================================================================
+# found by review: each was a wrong answer, a crash or a misleading message
+# =========================================================================================
+
+def _gauss(process):
+    return fs.exact_field(process, fs.toy.Gaussian([0.0], [1.0]))
+
+
+def test_explicit_sample_grid_misuse_is_refused():
+    process = fs.EDM()
+    field = _gauss(process)
+    with pytest.raises(ValueError, match="ONE step"):  # (was: one step, std 40 instead of 1, "success")
+        fs.sample(process, field, 4, "heun", grid="explicit", ts=[process.t_max, process.t_min])
+    late = torch.linspace(10.0, process.t_min, 9).tolist()
+    with pytest.raises(ValueError, match="must start at t_max"):  # (was: a prior of std 80 started at t = 10)
+        fs.sample(process, field, 4, "heun", grid="explicit", ts=late)
+    x0 = 10.0 * torch.randn(4, 1, generator=torch.Generator().manual_seed(0))
+    assert fs.sample(process, field, 4, "heun", grid="explicit", ts=late, x_init=x0).success  # with x_init: fine
+
+
+def test_denoise_final_denoises_at_the_end_of_the_grid():
+    """(Was: always at t_min, so a grid ending at t = 5 returned D(x; 0.002) = x.)"""
+    process = fs.EDM()
+    field = _gauss(process)
+    ts = torch.linspace(80.0, 5.0, 9, dtype=F64).tolist()
+    plain = fs.sample(process, field, 6, "heun", grid="explicit", ts=ts, dtype=F64, seed=0)
+    final = fs.sample(process, field, 6, "heun", grid="explicit", ts=ts, dtype=F64, seed=0, denoise_final=True)
+    assert torch.allclose(final.x, field.denoiser(plain.x, 5.0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", STOCHASTIC)
+def test_a_reverse_sde_integrated_forward_is_refused(solver):
+    """(Was: ancestral, edm_stochastic, euler_maruyama and adaptive_sde returned nonsense with
+    status "success" from an increasing span with steps=/dt=.)"""
+    process = fs.VP()
+    flow = fs.reverse_sde(process, _gauss(process))
+    x = torch.zeros(3, 1)
+    ways = [dict(ts=(process.t_min, process.t_max))] if SOLVERS[solver]["adaptive"] else [
+        dict(ts=(process.t_min, process.t_max), steps=5), dict(ts=(process.t_min, process.t_max), dt=0.25),
+        dict(ts=torch.linspace(process.t_min, process.t_max, 5))]
+    extra = {"n_steps_each": 1} if solver == "annealed_langevin" else {}
+    for way in ways:
+        with pytest.raises(ValueError, match="must decrease"):
+            fs.solve(flow, x, **way, **extra, solver=solver)
+
+
+@pytest.mark.parametrize("solver", ["euler_maruyama", "ancestral", "adaptive_sde"])
+def test_a_users_noise_source_follows_the_state_dtype(solver):
+    """(Was: a float32 NoiseSource promoted a float16 solve, and crashed adaptive_sde.)"""
+    process = fs.VP()
+    flow = fs.reverse_sde(process, _gauss(process))
+    x = torch.randn(5, 1, generator=torch.Generator().manual_seed(0)).half()
+    ts = (1.0, process.t_min) if SOLVERS[solver]["adaptive"] else fs.make_grid(process, "karras", 4)
+    opts = dict(rtol=0.05, atol=0.05) if SOLVERS[solver]["adaptive"] else {}
+    sol = fs.solve(flow, x, ts, solver, noise=NoiseSource(0, 5, 1), **opts)
+    assert sol.x.dtype == torch.float16 and sol.success
+
+    class WrongShape:
+        def randn(self):
+            return torch.zeros(5, 2)
+
+    with pytest.raises(ValueError, match=r"noise.randn\(\) must draw the state's shape \(5, 1\)"):
+        fs.solve(flow, x.float(), ts, solver, noise=WrongShape(), **opts)
+
+
+@pytest.mark.parametrize("solver", ["euler_maruyama", "adaptive_sde"])
+def test_reverse_sde_drift_does_not_overflow_float16(solver):
+    """(Was: with VE(sigma_max=378), score_sde's CIFAR setting, g^2 = 3e6 overflowed float16 and
+    every sample failed.) The drift is computed in float32 and cast: float16 follows float32."""
+    process = fs.VE(sigma_max=378.0)
+    field = _gauss(process)
+    kw = dict(rtol=0.05, atol=0.05) if SOLVERS[solver]["adaptive"] else dict(steps=200)
+    half = fs.sample(process, field, 64, solver, dtype=torch.float16, seed=0, **kw)
+    single = fs.sample(process, field, 64, solver, dtype=torch.float32, seed=0, **kw)
+    assert half.success and half.x.dtype == torch.float16 and torch.isfinite(half.x).all(), half.message
+    if solver == "euler_maruyama":  # the same steps and draws: float16 follows float32 to its resolution
+        assert torch.allclose(half.x.float(), single.x, rtol=0.02, atol=0.02)
+    else:  # step sizes differ with the rounding, so compare laws: N(0, 1 + sigma_min^2), 64 samples
+        assert 0.7 < float(half.x.float().std()) < 1.4
+
+
+def test_field_error_in_the_first_step_probe_and_the_partial_solution():
+    """(Was: an exception in dopri5's first-step probe carried no step and no solution; partial
+    solutions said "success"; the call that raised was counted.)"""
+    process = fs.EDM()
+    exact = _gauss(process)
+    calls = {"n": 0}
+
+    def den(x, t):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first-step probe
+            raise RuntimeError("probe failed")
+        return exact.denoiser(x, t)
+
+    field = fs.Field.from_denoiser(process, den, event_shape=(1,))
+    with pytest.raises(fs.FieldError, match="probe failed") as info:
+        fs.sample(process, field, 3, "dopri5")
+    err = info.value
+    assert err.step == 0 and err.solution is not None
+    assert err.solution.status == "interrupted" and bool(err.solution.failed.all())
+    assert err.solution.nfe.tolist() == [1, 1, 1]  # the call that raised is not counted
+    calls["n"] = -10**9  # never raises again
+    calls_fixed = {"n": 0}
+
+    def den_fixed(x, t):
+        calls_fixed["n"] += 1
+        if calls_fixed["n"] == 5:
+            raise RuntimeError("boom")
+        return exact.denoiser(x, t)
+
+    with pytest.raises(fs.FieldError) as info:
+        fs.sample(process, fs.Field.from_denoiser(process, den_fixed, event_shape=(1,)), 3, "heun", steps=6)
+    part = info.value.solution
+    assert part.status == "interrupted" and not part.success and "interrupted" in part.message
+    assert part.fault.tolist() == [fs.solvers.FAULT_KINDS.index("interrupted")] * 3
+    assert part.nfe.tolist() == [4, 4, 4] and part.n_steps.tolist() == [2, 2, 2]
+
+
+def test_adaptive_callback_gets_its_own_copy_of_the_times():
+    """(Was: the loop's own t tensor, overwritten in place by later iterations.)"""
+    process = fs.EDM()
+    seen = []
+    fs.sample(process, _gauss(process), 3, "dopri5", rtol=1e-3, atol=1e-3,
+              callback=lambda i, t, x, d: seen.append(t))
+    assert len({id(t) for t in seen}) == len(seen) and float(seen[0].max()) > float(seen[-1].max())
+
+
+def test_more_argument_checks():
+    process = fs.VP()
+    field = _gauss(process)
+    for kw in (dict(snr=-1.0, n_corrector_steps=0), dict(snr="x", corrector=None)):
+        with pytest.raises(ValueError, match="snr"):
+            fs.sample(process, field, 2, "pc", steps=3, **kw)
+    flow = fs.probability_flow(process, field)
+    grid = fs.make_grid(process, "karras", 4)
+    for bad in ("yes", torch.tensor(True), 1, 0.5, [[0.5]]):
+        with pytest.raises(ValueError, match="save_at"):
+            fs.solve(flow, torch.zeros(2, 1), grid, "heun", save_at=bad)
+    with pytest.raises(ValueError, match="one value per sample"):
+        fs.solve(flow, torch.zeros(2, 1), (1.0, process.t_min), "dopri5", norm=lambda v: v.abs().max())
+    with pytest.raises(ValueError, match="noise= is for fs.solve"):
+        fs.sample(process, field, 2, "ancestral", steps=3, noise=NoiseSource(0, 2, 1))
+    sol = fs.sample(process, field, 2, "dopri5", rtol=1e-30, atol=1e-30)
+    assert sol.status == "underflow" and "tolerances no step can meet" in sol.message

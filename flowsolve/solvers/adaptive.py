@@ -17,7 +17,8 @@ import torch
 
 from .._validation import check_bool, check_int, check_real
 from .saving import SaveAt
-from .solution import MAX_STEPS, NONE, NONFINITE, UNDERFLOW, Solution, finite_rows, per_sample, summarise
+from .solution import (MAX_STEPS, NONE, NONFINITE, UNDERFLOW, Solution, finite_rows, interrupted, per_sample,
+                       summarise)
 from .term import FieldError, Term
 
 _NONFINITE_SHRINK = 0.2  # step factor after an attempt whose error is not finite (NaN/inf field values)
@@ -128,7 +129,11 @@ class PIDController:
         ratio = torch.where(scale > 0, err / torch.where(scale > 0, scale, torch.ones_like(scale)),
                             torch.where(err == 0, torch.zeros_like(err), torch.full_like(err, math.inf)))
         norm = _NORMS[self.norm] if isinstance(self.norm, str) else self.norm
-        return norm(ratio).to(torch.float64)
+        out = norm(ratio)
+        if not isinstance(out, torch.Tensor) or out.shape != (ratio.shape[0],):
+            raise ValueError(f"the controller's norm must return one value per sample, shape ({ratio.shape[0]},), "
+                             f"got {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        return out.to(torch.float64)
 
     # -- the next step ----------------------------------------------------------------------
     def factor(self, e: torch.Tensor, e_prev: torch.Tensor, e_prev2: torch.Tensor, accepted: torch.Tensor,
@@ -198,19 +203,19 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
         save.start(x, t0)
     try:
         carry = method.init(term, x, t0)
+        first_finite = (torch.stack([finite_rows(v) for v in carry.values()]).all(0) if carry
+                        else torch.ones_like(code, dtype=torch.bool))
+        code = torch.where((code == NONE) & ~first_finite, NONFINITE, code)
+        if controller.first_step is not None:
+            h = torch.full((n,), controller.first_step, dtype=torch.float64, device=dev)
+        else:
+            with torch.no_grad():
+                h = method.first_step(term, x, t0, t1, carry, controller)
     except FieldError as err:
         err.step = 0
         zero = torch.zeros(n, dtype=torch.long, device=dev)
-        err.solution = _solution(term, x, t, code, zero, zero, save)
+        err.solution = interrupted(_solution(term, x, t, code, zero, zero, save), t1)
         raise
-    first_finite = torch.stack([finite_rows(v) for v in carry.values()]).all(0) if carry else torch.ones_like(code,
-                                                                                                             dtype=torch.bool)
-    code = torch.where((code == NONE) & ~first_finite, NONFINITE, code)
-    if controller.first_step is not None:
-        h = torch.full((n,), controller.first_step, dtype=torch.float64, device=dev)
-    else:
-        with torch.no_grad():
-            h = method.first_step(term, x, t0, t1, carry, controller)
     h = h.clamp(max=span if controller.dt_max is None else min(span, controller.dt_max))
     if controller.shared_step and n:
         h = h[code == NONE].min().expand(n).clone() if bool((code == NONE).any()) else h
@@ -253,7 +258,7 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
                                                            {k: v[rows] for k, v in carry.items()}, rows)
         except FieldError as error:
             error.step = int(steps[rows].max())
-            error.solution = _solution(term, x, t, code, steps, accepted, save)
+            error.solution = interrupted(_solution(term, x, t, code, steps, accepted, save), t1)
             raise
         # step sizes are decisions, not functions to differentiate (as in diffrax): a differentiable
         # solve differentiates the steps taken, with the step sizes held fixed
@@ -278,7 +283,7 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             kept = method.commit(term, rows, ok, {k: v[rows] for k, v in carry.items()}, carry_new, x_new, t_next)
         except FieldError as error:
             error.step = int(steps[rows].max())
-            error.solution = _solution(term, x, t, code, steps, accepted, save)
+            error.solution = interrupted(_solution(term, x, t, code, steps, accepted, save), t1)
             raise
         # out of place: a differentiable solve needs the states it has overwritten
         carry = {k: carry[k].index_put((rows,), v) for k, v in kept.items()}
@@ -291,7 +296,7 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             save.record(rows[ok], t_next[ok], x_new[ok])
         done[rows] = ok & (t_next == t1)
         if term.callback is not None:
-            term.callback(iteration, t, x, None)
+            term.callback(iteration, t.clone(), x, None)  # t is updated in place later
         iteration += 1
     code = torch.where((code == NONE) & ~done, MAX_STEPS, code)
     sol = _solution(term, x, t, code, steps, accepted, save, max_steps)
@@ -299,6 +304,8 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     if bool(underflow_nonfinite.any()):
         sol.message += (f"; sample {int(underflow_nonfinite.nonzero()[0])} underflowed after non-finite field "
                         "values")
+    elif bool(((code == UNDERFLOW) & (accepted == 0)).any()):
+        sol.message += "; an underflow before any accepted step usually means tolerances no step can meet"
     sol.extras["max_steps"] = max_steps
     return sol
 

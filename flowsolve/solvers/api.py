@@ -119,6 +119,14 @@ def _as_times(ts, name: str = "ts") -> torch.Tensor:
 
 def _check_times(flow, ts, info: SolverInfo, steps, dt) -> torch.Tensor:
     """The grid (fixed-step) or span (adaptive) as a float64 CPU tensor."""
+    t = _grid_or_span(flow, ts, info, steps, dt)
+    if isinstance(flow, ReverseSDE) and not float(t[-1]) < float(t[0]):
+        raise ValueError(f"a reverse SDE runs from the prior end to the data end: ts must decrease (from t_max "
+                         f"towards t_min), got {float(t[0])!r} -> {float(t[-1])!r}")
+    return t
+
+
+def _grid_or_span(flow, ts, info: SolverInfo, steps, dt) -> torch.Tensor:
     given = _as_times(ts)
     lo, hi = getattr(flow, "t_min", None), getattr(flow, "t_max", None)
     if lo is not None and hi is not None:
@@ -156,9 +164,6 @@ def _check_times(flow, ts, info: SolverInfo, steps, dt) -> torch.Tensor:
     if t.numel() == 2:
         raise ValueError(f"solver {info.name!r} is fixed-step: ts={t.tolist()} would be ONE step; pass steps=N (N equal "
                          "steps over the span) or dt=, or the whole grid ts=[t0, t1, ..., tN]")
-    if info.kind == "sde" and info.process_aware and not bool((d < 0).all()):
-        raise ValueError(f"solver {info.name!r} runs from the prior end to the data end: ts must decrease, "
-                         f"got {t.tolist()!r}")
     return t
 
 
@@ -191,11 +196,16 @@ def _check_common(extra_args, callback, differentiable):
     return check_bool("differentiable", differentiable)
 
 
-def _execute(flow, x: torch.Tensor, ts: torch.Tensor, info: SolverInfo, options: dict, *, save_at, noise,
+def _save_points(save_at, info: SolverInfo, ts: torch.Tensor) -> SaveAt | None:
+    if save_at is None or save_at is False:
+        return None
+    return SaveAt(save_at, float(ts[0]), float(ts[-1]), None if info.adaptive else ts)
+
+
+def _execute(flow, x: torch.Tensor, ts: torch.Tensor, info: SolverInfo, options: dict, *, save, noise,
              controller, extra_args, callback, differentiable: bool, denoise_at: float | None = None) -> Solution:
     """Run the solver (everything checked before)."""
     t0, t1 = float(ts[0]), float(ts[-1])
-    save = None if save_at is None or save_at is False else SaveAt(save_at, t0, t1, None if info.adaptive else ts)
     if controller is not None:
         controller.check_resolvable(x.dtype)
     if x.shape[0] == 0:
@@ -235,12 +245,27 @@ def _noise_for(info, seed, noise, generator, x, offset=0):
         if isinstance(noise, NoiseSource) and (noise.n != x.shape[0] or noise.event_shape != tuple(x.shape[1:])):
             raise ValueError(f"noise draws shape ({noise.n}, {', '.join(map(str, noise.event_shape))}) but x has shape "
                              f"{tuple(x.shape)}")
-        return noise
+        return _StateNoise(noise, x)
     if generator is not None:
         return GeneratorNoise(generator, x.shape[0], x.shape[1:], dtype=x.dtype, device=x.device)
     seed = 0 if seed is None else check_int("seed", seed, 0)
     return NoiseSource(seed, x.shape[0], x.shape[1:], dtype=x.dtype, device=x.device, offset=offset,
                        stream=SOLVER_STREAM)
+
+
+class _StateNoise:
+    """A user's noise source, its draws checked for the state's shape and cast to its dtype and
+    device (a float32 source must not promote a float16 solve, nor a CPU one a CUDA solve)."""
+
+    def __init__(self, noise, x: torch.Tensor):
+        self.noise, self.shape, self.dtype, self.device = noise, tuple(x.shape), x.dtype, x.device
+
+    def randn(self) -> torch.Tensor:
+        z = self.noise.randn()
+        if not isinstance(z, torch.Tensor) or tuple(z.shape) != self.shape:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"noise.randn() must draw the state's shape {self.shape}, got {got}")
+        return z.to(dtype=self.dtype, device=self.device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,7 +303,8 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, steps: int | None 
     options, controller = _split_controller(info, controller, dict(options))
     differentiable = _check_common(extra_args, callback, differentiable)
     source = _noise_for(info, seed, noise, generator, x)
-    return _execute(flow, x, ts, info, options, save_at=save_at, noise=source, controller=controller,
+    save = _save_points(save_at, info, ts)
+    return _execute(flow, x, ts, info, options, save=save, noise=source, controller=controller,
                     extra_args=extra_args, callback=callback, differentiable=differentiable)
 
 
@@ -308,6 +334,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     """
     require_canonical(process, "sample")
     info = get_solver(solver)
+    if "noise" in options:
+        raise ValueError("noise= is for fs.solve; fs.sample draws the prior and the solver's noise from per-sample "
+                         "streams of seed= (and offset=), or from one generator=")
     field = _as_field(process, field)
     n = check_int("n", n, 0)
     denoise_final = check_bool("denoise_final", denoise_final)
@@ -337,7 +366,8 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     seed = 0 if seed is None else check_int("seed", seed, 0)
     offset = 0 if offset is None else check_int("offset", offset, 0)
     # times
-    times = _sample_times(process, info, options, grid, steps, nfe, ts, rho, denoise_final)
+    times = _sample_times(process, info, options, grid, steps, nfe, ts, rho, denoise_final, draws_prior)
+    save = _save_points(save_at, info, times)
     # flow
     if info.kind == "sde":
         if not isinstance(process, Diffusion):
@@ -361,9 +391,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     if info.kind == "sde":
         noise = (GeneratorNoise(generator, n, event, dtype=dtype, device=device) if generator is not None else
                  NoiseSource(seed, n, event, dtype=dtype, device=device, offset=offset, stream=SOLVER_STREAM))
-    sol = _execute(flow, x_init, times, info, options, save_at=save_at, noise=noise, controller=controller,
+    sol = _execute(flow, x_init, times, info, options, save=save, noise=noise, controller=controller,
                    extra_args=extra_args, callback=callback, differentiable=differentiable,
-                   denoise_at=process.t_min if denoise_final else None)
+                   denoise_at=float(times[-1]) if denoise_final else None)
     sol.extras["grid"] = times
     if overflow:  # a heavy-tailed prior (PFGM) in a narrow dtype: say why those samples failed at once
         sol.message += (f"; the prior draw of {overflow} sample(s) does not fit {dtype} (|x| > "
@@ -398,7 +428,8 @@ def _event_shape(shape, field: Field, x_init):
     return shape
 
 
-def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho, denoise_final) -> torch.Tensor:
+def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho, denoise_final,
+                  draws_prior: bool) -> torch.Tensor:
     extra = 1 if denoise_final else 0
     if info.adaptive:
         given = [k for k, v in (("grid", grid), ("steps", steps), ("nfe", nfe), ("ts", ts), ("rho", rho))
@@ -414,6 +445,12 @@ def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho,
         times = make_grid(process, grid, ts=ts)
         if not bool((times[1:] < times[:-1]).all()):
             raise ValueError("ts must decrease: sample runs from the prior (t_max) to the data (t_min)")
+        if times.numel() == 2:
+            raise ValueError(f"grid='explicit' with ts={times.tolist()} would be ONE step of solver {info.name!r}: "
+                             "give the whole grid, or steps=N with a named grid")
+        if draws_prior and float(times[0]) != process.t_max:
+            raise ValueError(f"ts must start at t_max={process.t_max!r}, where the prior is drawn, got "
+                             f"{float(times[0])!r}: start the grid there, or give x_init= for the start you mean")
         return times
     if ts is not None:
         raise ValueError(f"ts= is for grid='explicit'; grid={grid!r} makes its own times")

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .saving import SaveAt
-from .solution import NONE, NONFINITE, Solution, finite_rows, per_sample, summarise
+from .solution import NONE, NONFINITE, Solution, finite_rows, interrupted, per_sample, summarise
 from .term import FieldError, Term
 
 
@@ -59,14 +59,14 @@ def run_fixed_grid(term: Term, x: torch.Tensor, ts: torch.Tensor, step: Callable
             x_new = step(i, x, t0, t1)
         except FieldError as err:
             err.step = i
-            err.solution = _solution(term, x, grid, faults, i, save, extras)
+            err.solution = interrupted(_solution(term, x, grid, faults, i, save, extras), grid[-1])
             raise
         faults.mark(~finite_rows(x_new), i)
         if term.callback is not None:
             term.callback(i, t0, x, term.denoised())
         x = freeze(faults.failed, x, x_new)
         if save is not None:
-            save.at_grid_index(i + 1, x)
+            save.at_grid_index(i + 1, x, faults.failed)
     return _solution(term, x, grid, faults, n_steps, save, extras)
 
 
@@ -91,7 +91,7 @@ def denoise_final(term: Term, sol: Solution, t: float) -> Solution:
     try:
         den = term.denoiser(sol.x, t)
     except FieldError as err:
-        err.step, err.solution = step, sol
+        err.step, err.solution = step, interrupted(sol, float("nan"))  # nobody got its final denoising
         raise
     bad = ~finite_rows(den) & ~sol.failed
     sol.x = freeze(sol.failed | bad, sol.x, den)

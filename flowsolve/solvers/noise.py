@@ -55,33 +55,46 @@ class NoiseSource:
         return math.prod(self.event_shape)
 
     def _gather(self, draw) -> torch.Tensor:
-        """``draw(generator)`` per block (one block of rows each), gathered to the batch's rows."""
+        """``draw(generator, rows, device)`` per block (one block of rows each, on the CPU), gathered
+        to the batch's rows."""
         if self.n == 0:
-            return draw(torch.Generator(), 0)
-        return torch.cat([draw(g, self.BLOCK) for g in self._gens], dim=0)[self._rows]
+            return draw(torch.Generator(), 0, "cpu")
+        return torch.cat([draw(g, self.BLOCK, "cpu") for g in self._gens], dim=0)[self._rows]
+
+    def _deliver(self, out: torch.Tensor, dtype) -> torch.Tensor:
+        """Cast (where the draw is: the same rounding on every device), then move; a CPU draw bound
+        for an accelerator goes through pinned memory without blocking the host."""
+        out = out.to(dtype)
+        device = torch.device(self.device) if self.device is not None else out.device
+        if out.device.type == "cpu" and device.type != "cpu":
+            return out.pin_memory().to(device, non_blocking=True)
+        return out.to(device)
 
     def randn(self) -> torch.Tensor:
         """The next standard-normal draw of every sample, shape ``(n, *event_shape)``."""
-        out = self._gather(lambda g, m: torch.randn(m, *self.event_shape, generator=g, dtype=torch.float64))
-        return out.to(dtype=self.dtype, device=self.device)
+        out = self._gather(lambda g, m, dev: torch.randn(m, *self.event_shape, generator=g, dtype=torch.float64,
+                                                         device=dev))
+        return self._deliver(out, self.dtype)
 
     def gamma(self, concentration: float) -> torch.Tensor:
         """The next ``Gamma(concentration, 1)`` draw of every sample, shape ``(n,)``, float64."""
-        out = self._gather(lambda g, m: torch._standard_gamma(torch.full((m,), float(concentration),
-                                                                         dtype=torch.float64), generator=g))
-        return out.to(device=self.device)
+        out = self._gather(lambda g, m, dev: torch._standard_gamma(
+            torch.full((m,), float(concentration), dtype=torch.float64, device=dev), generator=g))
+        return self._deliver(out, torch.float64)
 
     def kernel_noise(self, kernel, dtype=torch.float64) -> torch.Tensor:
         """A draw of the process kernel's unit noise ``n`` for every sample, by the kernel's own
         sampler, shape ``(n, *event_shape)``, in ``dtype`` (float64 by default: scale it, then cast)."""
-        out = self._gather(lambda g, m: kernel.sample((m, *self.event_shape), generator=g, dtype=torch.float64))
-        return out.to(dtype=dtype, device=self.device)
+        out = self._gather(lambda g, m, dev: kernel.sample((m, *self.event_shape), generator=g, dtype=torch.float64,
+                                                           device=dev))
+        return self._deliver(out, dtype)
 
 
 class GeneratorNoise(NoiseSource):
     """Draws from one ``torch.Generator`` for the whole batch (``generator=`` in
-    :func:`~flowsolve.solve`/:func:`~flowsolve.sample`): reproducible for a fixed batch, but sample
-    i's noise then depends on the batch size, unlike :class:`NoiseSource` streams."""
+    :func:`~flowsolve.solve`/:func:`~flowsolve.sample`), on the generator's own device (a CUDA
+    generator draws on the GPU): reproducible for a fixed batch, but sample i's noise then
+    depends on the batch size, unlike :class:`NoiseSource` streams."""
 
     def __init__(self, generator: torch.Generator, n: int, event_shape, dtype=torch.float32, device=None):
         if not isinstance(generator, torch.Generator):
@@ -90,7 +103,7 @@ class GeneratorNoise(NoiseSource):
         self.dtype, self.device = dtype, device
 
     def _gather(self, draw) -> torch.Tensor:
-        return draw(self.generator, self.n)
+        return draw(self.generator, self.n, self.generator.device)
 
 
 class BrownianMemory:

@@ -21,10 +21,16 @@ class SaveAt:
                                  "give adaptive solvers a sequence of times, save_at=[t, ...]")
             self.times = grid.clone()
         else:
-            want = torch.as_tensor(save_at, dtype=torch.float64).detach().cpu()
-            if want.ndim > 1:
+            given = save_at.detach() if isinstance(save_at, torch.Tensor) else save_at
+            if (isinstance(given, (str, bytes, bool)) or not hasattr(given, "__len__")
+                    or (isinstance(given, torch.Tensor) and (given.ndim != 1 or not given.is_floating_point()))):
+                raise ValueError(f"save_at must be True or a 1-D sequence of times, got {save_at!r}")
+            try:
+                want = torch.as_tensor(given, dtype=torch.float64).detach().cpu()
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"save_at must be True or a 1-D sequence of times, got {save_at!r}") from None
+            if want.ndim != 1:
                 raise ValueError(f"save_at must be True or a 1-D sequence of times, got shape {tuple(want.shape)}")
-            want = want.reshape(-1)
             if not bool(torch.isfinite(want).all()):
                 raise ValueError("save_at times must be finite")
             lo, hi = min(t0, t1), max(t0, t1)
@@ -58,9 +64,11 @@ class SaveAt:
             self._ptr += 1
 
     # -- fixed grid: every sample is at grid index i ------------------------------------------
-    def at_grid_index(self, i: int, x: torch.Tensor):
+    def at_grid_index(self, i: int, x: torch.Tensor, failed: torch.Tensor):
+        """Every sample is at grid index i; a failed sample never got there (NaN)."""
         if self.grid_index is not None and i in self.grid_index:
-            self.xs[self.grid_index.index(i)] = x
+            stopped = failed.reshape(-1, *([1] * (x.ndim - 1)))
+            self.xs[self.grid_index.index(i)] = torch.where(stopped, torch.full_like(x, float("nan")), x)
 
     # -- adaptive: samples land on the times one by one --------------------------------------
     def next_times(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,13 +8,14 @@ import torch
 
 SUCCESS = "success"
 # Per-sample fault codes (``Solution.fault``); 0 means the sample reached the end.
-FAULT_KINDS = ("none", "nonfinite", "underflow", "max_steps")
-NONE, NONFINITE, UNDERFLOW, MAX_STEPS = range(len(FAULT_KINDS))
+FAULT_KINDS = ("none", "nonfinite", "underflow", "max_steps", "interrupted")
+NONE, NONFINITE, UNDERFLOW, MAX_STEPS, INTERRUPTED = range(len(FAULT_KINDS))
 
 _WHAT = {
     NONFINITE: "non-finite field or state",
     UNDERFLOW: "step size underflow",
     MAX_STEPS: "max_steps reached",
+    INTERRUPTED: "interrupted by the field's exception",
 }
 
 
@@ -28,7 +29,8 @@ class Solution:
     - ``t``: time reached (float64): the end of the span, or where the sample stopped;
     - ``nfe``, ``n_steps``, ``n_accepted``, ``n_rejected``: field evaluations and steps (int64);
     - ``failed``: True where the sample did not reach the end; ``fault`` says why, as an index
-      into ``FAULT_KINDS`` ("none", "nonfinite", "underflow", "max_steps").
+      into ``FAULT_KINDS`` ("none", "nonfinite", "underflow", "max_steps", and "interrupted" in the
+      partial solution of a :class:`~flowsolve.FieldError`).
 
     For the batch: ``status`` is "success" when no sample failed, else the fault of the first
     failed sample; ``message`` says how many failed, of which kind, and where (step and time);
@@ -73,7 +75,7 @@ def summarise(fault: torch.Tensor, fault_step: torch.Tensor | None = None, t: to
     if not failed:
         return SUCCESS, ""
     parts = []
-    for kind in (NONFINITE, UNDERFLOW, MAX_STEPS):
+    for kind in (NONFINITE, UNDERFLOW, MAX_STEPS, INTERRUPTED):
         rows = (codes == kind).nonzero().flatten()
         if rows.numel() == 0:
             continue
@@ -108,3 +110,14 @@ def finite_rows(v: torch.Tensor) -> torch.Tensor:
 def per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``mask`` of shape ``(n,)`` viewed as ``(n, 1, ..., 1)`` to broadcast against ``like``."""
     return mask.reshape(mask.shape[0], *([1] * (like.ndim - 1)))
+
+
+def interrupted(sol: Solution, t_end: float) -> Solution:
+    """The partial solution of a solve that the field's exception stopped: the samples that had
+    neither failed nor reached ``t_end`` are marked "interrupted", and so is the status."""
+    unfinished = (sol.fault == NONE) & (sol.t != t_end)
+    sol.fault = torch.where(unfinished, INTERRUPTED, sol.fault)
+    sol.failed = sol.fault != NONE
+    sol.status = FAULT_KINDS[INTERRUPTED]
+    sol.message = "interrupted by an exception of the field; " + summarise(sol.fault, sol.n_steps, sol.t)[1]
+    return sol

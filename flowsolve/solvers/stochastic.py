@@ -169,9 +169,10 @@ def pc(term, x, ts, *, save=None, noise, predictor: str | None = "reverse_diffus
     """
     if corrector not in _CORRECTORS:
         raise ValueError(f"corrector must be one of {list(_CORRECTORS)}, got {corrector!r}")
-    n_corr = check_int("n_corrector_steps", n_corrector_steps, 0) if corrector is not None else 0
-    if n_corr:
-        snr = check_real("snr", snr, minimum=0.0, strict_min=True)
+    n_corr = check_int("n_corrector_steps", n_corrector_steps, 0)
+    snr = check_real("snr", snr, minimum=0.0, strict_min=True)
+    if corrector is None:
+        n_corr = 0
     if max_step_ratio is not None:
         max_step_ratio = check_real("max_step_ratio", max_step_ratio, minimum=0.0, strict_min=True)
     predict = _predictor(term, noise, predictor, predictor_options)

@@ -84,15 +84,15 @@ class Term:
                 for k, v in self.extra_args.items()}
 
     def _evaluate(self, kind: str, fn, x: torch.Tensor, t, rows) -> torch.Tensor:
-        if rows is None:
-            self.nfe += 1
-        else:
-            self.nfe.index_add_(0, rows, torch.ones_like(rows))
         try:
             out = fn(self._kwargs(rows))
             out = check_output(out, x, kind)
         except Exception as err:  # noqa: BLE001 -- any failure of the user's code is reported with its place
             raise FieldError(err, self.solver, t) from err
+        if rows is None:  # counted once it has returned: a call that raised gave nothing
+            self.nfe += 1
+        else:
+            self.nfe.index_add_(0, rows, torch.ones_like(rows))
         if self.callback is not None and self._record["first"] is None and kind != "drift":
             self._record["first"] = (kind, x, t, out, rows)
         return out
