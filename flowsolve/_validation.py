@@ -212,3 +212,24 @@ def check_time_range(name: str, t: torch.Tensor | float, t_min: float, t_max: fl
         rtol = _TIME_RTOL
     if lo < t_min - rtol * abs(t_min) or hi > t_max + rtol * abs(t_max):
         raise ValueError(f"{name} must lie in [{t_min!r}, {t_max!r}], got values in [{lo!r}, {hi!r}]")
+
+
+def check_event_shape(name: str, value: Any) -> tuple[int, ...]:
+    """One sample's shape: an int >= 1 (a vector's dimension) or a sequence of ints >= 1 (``()`` is a
+    scalar event)."""
+    message = (f"{name} must be an int >= 1 (the data dimension) or a tuple of ints >= 1 (the event shape, e.g. "
+               f"(3, 32, 32)), got {value!r}")
+    if _is_bool(value) or isinstance(value, (str, bytes)) or not (
+            isinstance(value, numbers.Integral) or hasattr(value, "__iter__")):
+        raise ValueError(message)
+    items = (value,) if isinstance(value, numbers.Integral) else tuple(value)
+    try:
+        return tuple(check_int(name, v, 1) for v in items)
+    except ValueError:
+        raise ValueError(message) from None
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype delicate arithmetic runs in: float32 and float64 their own, lower precisions
+    (float16, bfloat16, whose squares and coefficients overflow or lose everything) float32."""
+    return torch.promote_types(dtype, torch.float32)

@@ -25,12 +25,12 @@ laws live in :mod:`flowsolve.toy.exact`.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, NamedTuple
 
 import torch
 
-from ._validation import check_int, check_time_range
+from ._validation import check_event_shape as _check_event_shape
+from ._validation import check_time_range, compute_dtype
 from .processes.base import Process, require_canonical
 from .processes.kernels import StudentTKernel
 
@@ -39,12 +39,9 @@ KINDS = ("denoiser", "eps", "score", "velocity", "poisson_field")
 
 # ----------------------------------------------------------------------------- shapes
 def check_event_shape(name: str, value, dim: int | None = None) -> tuple[int, ...]:
-    """An event shape: an int or a sequence of ints >= 1 (``()`` is a scalar event); with
-    ``dim`` given, its number of elements must be ``dim``."""
-    if isinstance(value, (str, bytes)) or not (isinstance(value, numbers.Integral) or hasattr(value, "__iter__")):
-        raise ValueError(f"{name} must be a tuple of positive integers, got {value!r}")
-    items = (value,) if isinstance(value, numbers.Integral) else tuple(value)
-    shape = tuple(check_int(f"{name}[{i}]", v, 1) for i, v in enumerate(items))
+    """An event shape (an int or a sequence of ints >= 1; ``()`` is a scalar event); with ``dim``
+    given, its number of elements must be ``dim``."""
+    shape = _check_event_shape(name, value)
     if dim is not None and math.prod(shape) != dim:
         raise ValueError(f"{name} {shape} has {math.prod(shape)} elements, but the data dimension is {dim}")
     return shape
@@ -61,11 +58,6 @@ def batch_shape(name: str, x: torch.Tensor, event_shape: tuple[int, ...], batch_
         raise ValueError(f"{name} must have shape ({', '.join([lead, *map(str, event_shape)])}) ({what}event shape "
                          f"{tuple(event_shape)}), got shape {tuple(x.shape)}")
     return x.shape[: x.ndim - k]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 and float64 compute in their own dtype; lower precisions in float32."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def check_output(out, x: torch.Tensor, what: str) -> torch.Tensor:

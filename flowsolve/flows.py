@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ._validation import compute_dtype
 from .fields import Field
 from .processes import SDE, Diffusion, Process
 
@@ -35,11 +36,6 @@ def _as_field(process, field) -> Field:
     if callable(field):
         return Field.from_denoiser(process, field)
     raise ValueError(f"field must be a flowsolve Field or a denoiser callable fn(x, t), got {type(field).__name__}")
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """x in at least float32 (float16/bfloat16 arithmetic on SDE coefficients overflows)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _per_sample(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +89,7 @@ class ProbabilityFlowODE(_Flow):
     def drift(self, x: torch.Tensor, t, **kwargs) -> torch.Tensor:
         if self.field is not None:
             return self.field.velocity(x, t, **kwargs)
-        wide = _wide(x)
+        wide = x.to(compute_dtype(x.dtype))  # float16 g^2 overflows
         score = self._score(x, t, **kwargs).to(wide.dtype)
         return (self._forward_drift(wide, t) - 0.5 * self._coefficient("g", t, wide) ** 2 * score).to(x.dtype)
 
@@ -109,7 +105,7 @@ class ReverseSDE(_Flow):
     def drift_from_score(self, x: torch.Tensor, t, score: torch.Tensor) -> torch.Tensor:
         """``f(t) x - g(t)^2 score`` for a score already evaluated at ``(x, t)``, computed in at
         least float32 (``g^2`` alone overflows float16 for VE with sigma_max in the hundreds)."""
-        wide = _wide(x)
+        wide = x.to(compute_dtype(x.dtype))  # float16 g^2 overflows
         out = self._forward_drift(wide, t) - self._coefficient("g", t, wide) ** 2 * score.to(wide.dtype)
         return out.to(x.dtype)
 

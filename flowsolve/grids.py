@@ -91,28 +91,40 @@ def _check_options(grid: str, options: dict) -> None:
         raise ValueError(f"unknown option {key}= for grid={grid!r}: {accepted}")
 
 
-def _explicit(process, ts) -> torch.Tensor:
-    if ts is None:
-        raise ValueError("grid='explicit' needs ts= (a 1-D sequence of times)")
+def check_times(ts, t_min: float | None = None, t_max: float | None = None, name: str = "ts") -> torch.Tensor:
+    """``ts`` as a 1-D, strictly monotone float64 CPU tensor of at least 2 finite times; with a span,
+    inside ``[t_min, t_max]`` (up to a slack sized by the given times' dtype) and clamped onto it,
+    so that nothing is ever evaluated outside the span."""
     try:  # a tensor or array keeps its dtype for the range check's rounding slack; a list is float64
         t = (ts.detach() if isinstance(ts, torch.Tensor) else
              torch.as_tensor(ts) if isinstance(ts, np.ndarray) else torch.as_tensor(ts, dtype=torch.float64))
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"ts must be a 1-D sequence of real times, got {ts!r}") from None
+        raise ValueError(f"{name} must be a 1-D sequence of real times, got {ts!r}") from None
     if t.ndim != 1:
-        raise ValueError(f"ts must be 1-D (one time per grid point), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be 1-D (one time per grid point), got shape {tuple(t.shape)}")
     if t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"ts must hold real times, got dtype {t.dtype}")
+        raise ValueError(f"{name} must hold real times, got dtype {t.dtype}")
     if t.numel() < 2:
-        raise ValueError(f"ts must hold at least 2 times, got {t.numel()}")
-    check_time_range("ts", t, process.t_min, process.t_max)
+        raise ValueError(f"{name} must hold at least 2 times, got {t.numel()}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite")
+    if t_min is not None and t_max is not None:
+        check_time_range(name, t, t_min, t_max)
     t = t.to(device="cpu", dtype=torch.float64)
+    if t_min is not None and t_max is not None:
+        t = t.clamp(t_min, t_max)  # within the slack: onto the span
     d = t[1:] - t[:-1]
     if not (bool((d < 0).all()) or bool((d > 0).all())):
         i = int(torch.nonzero(d == 0)[0]) if bool((d == 0).any()) else None
-        repeated = f" (ts[{i}] = ts[{i + 1}] = {float(t[i])!r})" if i is not None else ""
-        raise ValueError(f"ts must be strictly monotone{repeated}")
+        repeated = f" ({name}[{i}] = {name}[{i + 1}] = {float(t[i])!r})" if i is not None else ""
+        raise ValueError(f"{name} must be strictly monotone{repeated}")
     return t
+
+
+def _explicit(process, ts) -> torch.Tensor:
+    if ts is None:
+        raise ValueError("grid='explicit' needs ts= (a 1-D sequence of times)")
+    return check_times(ts, process.t_min, process.t_max)
 
 
 def _check_not_collapsed(process, t: torch.Tensor, what: str) -> None:

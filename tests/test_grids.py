@@ -316,3 +316,15 @@ def test_uniform_grid_on_a_narrow_span_is_an_error():
     p = fs.EDM(sigma_min=1.0, sigma_max=1.0 + 1e-12)
     assert re.match(r"^the uniform grid with steps=10000 collapses in float64: t\[\d+\]",
                     _collapse(lambda: fs.make_grid(p, "uniform", 10_000)))
+
+
+def test_explicit_times_within_the_dtype_slack_are_clamped_onto_the_span():
+    """A bfloat16 t_min rounds to 0.0019989 < 0.002: accepted (within its dtype's slack) and
+    returned as t_min itself, so no field is ever evaluated below the span; the same check serves
+    fs.solve's ts (grids.check_times)."""
+    process = fs.EDM()
+    ts = torch.tensor([80.0, 1.0, 0.002], dtype=torch.bfloat16)
+    assert float(ts[-1]) < process.t_min
+    assert fs.make_grid(process, "explicit", ts=ts).tolist() == [80.0, 1.0, process.t_min]
+    flow = fs.probability_flow(process, fs.exact_field(process, fs.toy.Gaussian([0.0], [1.0])))
+    assert float(fs.solve(flow, torch.zeros(2, 1), ts, "euler").t[0]) == process.t_min

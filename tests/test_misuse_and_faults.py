@@ -202,7 +202,7 @@ def test_invalid_option_values_refused_before_any_evaluation(kw, match):
 def test_solve_refuses_two_dimensional_times_and_the_meta_device():
     process = fs.EDM()
     flow = fs.probability_flow(process, fs.exact_field(process, DATA))
-    with pytest.raises(ValueError, match=r"ts must be 1-D, got shape \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"^ts must be 1-D \(one time per grid point\), got shape \(2, 2\)"):
         fs.solve(flow, torch.zeros(2, 2), [[80.0, 10.0], [1.0, 0.002]], "heun")
     with pytest.raises(ValueError, match="meta"):
         fs.solve(flow, torch.zeros(2, 2, device="meta"), fs.make_grid(process, "karras", 3), "heun")

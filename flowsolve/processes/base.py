@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import (check_device, check_float_dtype, check_int, check_order, check_real,
-                           check_same_device, check_time_range)
+from .._validation import (check_device, check_event_shape, check_float_dtype, check_int, check_order, check_real,
+                           check_same_device, check_time_range, compute_dtype)
 
 _BISECTION_STEPS = 200
 #: Points of the float64 grid on which every schedule is checked at construction (both ends included).
@@ -355,7 +355,7 @@ class Process(ValueObject, metaclass=_ProcessType):
         sample, shared across its event. Float16/bfloat16 are computed in float32 and cast back.
         """
         _check_batch("x0", x0)
-        ct = _compute_dtype(x0.dtype)
+        ct = compute_dtype(x0.dtype)
         x = x0.to(ct)
         s, sig = self._schedule_like(t, x)
         noise = self.kernel.sample(x.shape, generator=generator, dtype=ct, device=x.device)
@@ -379,7 +379,7 @@ class Process(ValueObject, metaclass=_ProcessType):
             raise ValueError(f"y of shape {tuple(y.shape)} does not broadcast to x's shape {tuple(x.shape)} "
                              "(x is (n, *event_shape); y is the data point(s) it is compared with)")
         out_dtype = torch.promote_types(x.dtype, y.dtype)
-        ct = _compute_dtype(out_dtype)
+        ct = compute_dtype(out_dtype)
         xc = x.to(ct)
         s, sig = self._schedule_like(t, xc)
         n, dim = x.shape[0], math.prod(x.shape[1:])
@@ -405,7 +405,7 @@ class Process(ValueObject, metaclass=_ProcessType):
         is exactly the float64 one rounded (inf only where that does not fit the dtype).
         """
         n = check_int("n", n, 0)
-        event = _event_shape(shape)
+        event = check_event_shape("shape", shape)
         dtype = check_float_dtype("dtype", dtype) or torch.get_default_dtype()
         device = check_device("device", device)
         noise = self.kernel.sample((n, *event), generator=generator, dtype=torch.float64, device=device)
@@ -415,7 +415,7 @@ class Process(ValueObject, metaclass=_ProcessType):
         """Log density of the prior at ``x`` of shape ``(n, *event_shape)``, over the whole
         event; returns shape ``(n,)``."""
         _check_batch("x", x)
-        ct = _compute_dtype(x.dtype)
+        ct = compute_dtype(x.dtype)
         n, dim = x.shape[0], math.prod(x.shape[1:])
         sig = torch.as_tensor(self.prior_std, dtype=ct, device=x.device)
         return self.kernel.log_prob_sq((x.to(ct).reshape(n, dim) ** 2).sum(1), sig, dim).to(x.dtype)
@@ -440,10 +440,6 @@ def callable_name(fn) -> str:
     return name if isinstance(name, str) else repr(fn)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """At least float32 (float16/bfloat16 are computed in float32 and cast back)."""
-    return torch.promote_types(dtype, torch.float32)
-
 
 def _check_batch(name: str, x) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.is_floating_point():
@@ -451,15 +447,6 @@ def _check_batch(name: str, x) -> None:
         raise ValueError(f"{name} must be a floating tensor of shape (n, *event_shape), got {got}")
 
 
-def _event_shape(shape) -> tuple:
-    """The event shape from an int (a vector dimension) or a tuple of ints, each >= 1."""
-    msg = ("shape must be an int >= 1 (the data dimension) or a tuple of ints >= 1 (the event shape, e.g. "
-           f"(3, 32, 32)), got {shape!r}")
-    items = shape if isinstance(shape, (tuple, list, torch.Size)) else (shape,)
-    try:
-        return tuple(check_int("shape", d, 1) for d in items)
-    except ValueError:
-        raise ValueError(msg) from None
 
 
 def _autograd_derivative(fn, t: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .._validation import check_bool, check_int, check_real
+from .._validation import check_bool, check_int, check_real, compute_dtype
 from .saving import SaveAt
 from .solution import (MAX_STEPS, NONE, NONFINITE, UNDERFLOW, Solution, finite_rows, interrupted, per_sample,
                        summarise)
@@ -120,9 +120,9 @@ class PIDController:
         """Per sample ``norm(err / scale)`` with the scale built from the magnitudes of ``a`` and
         ``b`` (e.g. the state before and after the step), float64. A zero scale with zero error
         gives 0, with non-zero error infinity (``atol = 0`` and a zero coordinate)."""
-        # float16/bfloat16 states: the ratios' squares overflow there, so compute in float32
-        if err.dtype not in (torch.float32, torch.float64):
-            err, a, b = err.float(), a.float(), b.float()
+        # float16/bfloat16 states: the ratios' squares overflow there
+        wide = compute_dtype(err.dtype)
+        err, a, b = err.to(wide), a.to(wide), b.to(wide)
         mag = torch.maximum(a.abs(), b.abs())
         scale = self.atol + self.rtol * mag if self.error_scale == "sum" else torch.clamp(self.rtol * mag,
                                                                                           min=self.atol)
@@ -199,8 +199,16 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     q = float(method.error_order)
     t = torch.full((n,), t0, dtype=torch.float64, device=dev)
     code = torch.where(finite_rows(x), NONE, NONFINITE)
+    steps = torch.zeros(n, dtype=torch.long, device=dev)
+    accepted = torch.zeros_like(steps)
     if save is not None:
         save.start(x, t0)
+
+    def interrupt(error: FieldError, step: int):
+        """The field raised: say where, with what was computed before."""
+        error.step = step
+        error.solution = interrupted(_solution(term, x, t, code, steps, accepted, save), t1)
+
     try:
         carry = method.init(term, x, t0)
         first_finite = (torch.stack([finite_rows(v) for v in carry.values()]).all(0) if carry
@@ -212,17 +220,13 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             with torch.no_grad():
                 h = method.first_step(term, x, t0, t1, carry, controller)
     except FieldError as err:
-        err.step = 0
-        zero = torch.zeros(n, dtype=torch.long, device=dev)
-        err.solution = interrupted(_solution(term, x, t, code, zero, zero, save), t1)
+        interrupt(err, 0)
         raise
     h = h.clamp(max=span if controller.dt_max is None else min(span, controller.dt_max))
     if controller.shared_step and n:
         h = h[code == NONE].min().expand(n).clone() if bool((code == NONE).any()) else h
     e_prev = torch.ones(n, dtype=torch.float64, device=dev)
     e_prev2 = torch.ones_like(e_prev)
-    steps = torch.zeros(n, dtype=torch.long, device=dev)
-    accepted = torch.zeros_like(steps)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     rejected_nonfinite = torch.zeros(n, dtype=torch.bool, device=dev)
     all_rows = torch.arange(n, device=dev)
@@ -253,12 +257,12 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             t_next = torch.where(clip, target, t_next)
         t_next = t_next.clamp(lo, hi)
         term.begin_step()
+        carry_rows = {k: v[rows] for k, v in carry.items()}
         try:
-            x_new, err, (a, b), carry_new = method.attempt(term, x[rows], ta, t_next, step * direction,
-                                                           {k: v[rows] for k, v in carry.items()}, rows)
+            x_new, err, (a, b), carry_new = method.attempt(term, x[rows], ta, t_next, step * direction, carry_rows,
+                                                           rows)
         except FieldError as error:
-            error.step = int(steps[rows].max())
-            error.solution = interrupted(_solution(term, x, t, code, steps, accepted, save), t1)
+            interrupt(error, int(steps[rows].max()))
             raise
         # step sizes are decisions, not functions to differentiate (as in diffrax): a differentiable
         # solve differentiates the steps taken, with the step sizes held fixed
@@ -280,10 +284,9 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             h_new = torch.where(finite, h_new[finite].min(), h_new)
         h[rows] = h_new
         try:
-            kept = method.commit(term, rows, ok, {k: v[rows] for k, v in carry.items()}, carry_new, x_new, t_next)
+            kept = method.commit(term, rows, ok, carry_rows, carry_new, x_new, t_next)
         except FieldError as error:
-            error.step = int(steps[rows].max())
-            error.solution = interrupted(_solution(term, x, t, code, steps, accepted, save), t1)
+            interrupt(error, int(steps[rows].max()))
             raise
         # out of place: a differentiable solve needs the states it has overwritten
         carry = {k: carry[k].index_put((rows,), v) for k, v in kept.items()}

@@ -13,22 +13,20 @@ import math
 
 import torch
 
-from .._validation import (check_bool, check_device, check_float_dtype, check_int, check_real,
-                           check_time_range)
+from .._validation import check_bool, check_device, check_event_shape, check_float_dtype, check_int, check_real
 from ..fields import Field
 from ..flows import ProbabilityFlowODE, ReverseSDE, _as_field, probability_flow, reverse_sde
-from ..grids import make_grid
+from ..grids import MAX_STEPS, check_times, make_grid
 from ..processes import Diffusion, require_canonical
 from .adaptive import PIDController
 from .fixed import denoise_final as _denoise_final
 from .noise import GeneratorNoise, NoiseSource
-from .registry import SolverInfo, get_solver
+from .registry import _REGISTRY, SolverInfo, get_solver
 from .saving import SaveAt
 from .solution import Solution, empty_solution, finite_rows
 from .term import Term
 
 PRIOR_STREAM, SOLVER_STREAM = 0, 1
-MAX_STEPS = 10**7  # steps, nfe: a grid this long is 80 MB of float64 times
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,29 +90,9 @@ def _check_flow(flow, info: SolverInfo, event_shape: tuple):
 
 
 def _names(kind: str) -> list[str]:
-    from .registry import _REGISTRY
-
+    """A few solvers of a kind, to suggest in messages."""
     picks = {"ode": ["heun", "dpmpp_2m", "dopri5"], "sde": ["euler_maruyama", "edm_stochastic", "adaptive_sde"]}
     return [name for name in picks[kind] if name in _REGISTRY]
-
-
-def _as_times(ts, name: str = "ts") -> torch.Tensor:
-    if isinstance(ts, torch.Tensor):
-        given = ts.detach()
-        if given.dtype == torch.bool or given.is_complex():
-            raise ValueError(f"{name} must be real times, got dtype {given.dtype}")
-    else:
-        try:
-            given = torch.as_tensor(ts, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{name} must be a 1-D sequence of times, got {type(ts).__name__}: {err}") from None
-    if given.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(given.shape)}")
-    if given.numel() < 2:
-        raise ValueError(f"{name} must hold at least 2 times, got {given.numel()}")
-    if not bool(torch.isfinite(given).all()):
-        raise ValueError(f"{name} must be finite")
-    return given
 
 
 def _check_times(flow, ts, info: SolverInfo, steps, dt) -> torch.Tensor:
@@ -127,16 +105,7 @@ def _check_times(flow, ts, info: SolverInfo, steps, dt) -> torch.Tensor:
 
 
 def _grid_or_span(flow, ts, info: SolverInfo, steps, dt) -> torch.Tensor:
-    given = _as_times(ts)
-    lo, hi = getattr(flow, "t_min", None), getattr(flow, "t_max", None)
-    if lo is not None and hi is not None:
-        check_time_range("ts", given, lo, hi)  # the slack is sized by the dtype of the given times
-    t = given.to(torch.float64).cpu()
-    if lo is not None and hi is not None:
-        t = t.clamp(lo, hi)  # within the slack: onto the span
-    d = t[1:] - t[:-1]
-    if not (bool((d < 0).all()) or bool((d > 0).all())):
-        raise ValueError(f"ts must be strictly monotone (increasing or decreasing), got {t.tolist()!r}")
+    t = check_times(ts, getattr(flow, "t_min", None), getattr(flow, "t_max", None))
     if info.adaptive:
         if steps is not None or dt is not None:
             raise ValueError(f"solver {info.name!r} is adaptive: it chooses its own steps (give rtol/atol or a "
@@ -387,10 +356,8 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     else:
         overflow = 0
         x_init = x_init.to(dtype=dtype, device=device)
-    noise = None
-    if info.kind == "sde":
-        noise = (GeneratorNoise(generator, n, event, dtype=dtype, device=device) if generator is not None else
-                 NoiseSource(seed, n, event, dtype=dtype, device=device, offset=offset, stream=SOLVER_STREAM))
+    noise = (_noise_for(info, None if generator is not None else seed, None, generator, x_init, offset)
+             if info.kind == "sde" else None)
     sol = _execute(flow, x_init, times, info, options, save=save, noise=noise, controller=controller,
                    extra_args=extra_args, callback=callback, differentiable=differentiable,
                    denoise_at=float(times[-1]) if denoise_final else None)
@@ -404,12 +371,7 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
 def _event_shape(shape, field: Field, x_init):
     """One sample's shape: ``shape=``, else the field's, else x_init's; any two given must agree."""
     if shape is not None:
-        if isinstance(shape, int) and not isinstance(shape, bool):
-            shape = (shape,)
-        try:
-            shape = tuple(check_int("shape", s, 1) for s in shape)
-        except TypeError:
-            raise ValueError(f"shape must be a tuple of positive ints (one sample's shape), got {shape!r}") from None
+        shape = check_event_shape("shape", shape)
         if not shape:
             raise ValueError("shape must have at least one dimension (for scalar data use shape=(1,))")
     known = None if field.event_shape is None else tuple(field.event_shape)

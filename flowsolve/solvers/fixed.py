@@ -99,8 +99,7 @@ def denoise_final(term: Term, sol: Solution, t: float) -> Solution:
     sol.failed = sol.failed | bad
     sol.nfe = term.nfe
     if bool(bad.any()):
-        extra = summarise(torch.where(bad, NONFINITE, NONE).to(sol.fault))[1].replace(
-            "non-finite field or state", "non-finite final denoising")
+        extra = summarise(torch.where(bad, NONFINITE, NONE), what={NONFINITE: "non-finite final denoising"})[1]
         sol.status = sol.status if not sol.success else "nonfinite"
         sol.message = "; ".join(m for m in (sol.message, extra) if m)
     return sol

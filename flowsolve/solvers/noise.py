@@ -12,14 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .._validation import check_int
-
-
-def _event_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        return (check_int("event_shape", shape, 1),)
-    shape = tuple(shape)
-    return tuple(check_int("event_shape", s, 1) for s in shape)
+from .._validation import check_event_shape, check_int
 
 
 class NoiseSource:
@@ -38,7 +31,7 @@ class NoiseSource:
     def __init__(self, seed: int, n: int, event_shape, dtype=torch.float32, device=None, offset: int = 0,
                  stream: int = 0):
         seed, offset = check_int("seed", seed, 0), check_int("offset", offset, 0)
-        self.n, self.event_shape = check_int("n", n, 0), _event_shape(event_shape)
+        self.n, self.event_shape = check_int("n", n, 0), check_event_shape("event_shape", event_shape)
         self.dtype, self.device = dtype, device
         idx = np.arange(offset, offset + self.n)
         blocks = idx // self.BLOCK
@@ -99,7 +92,7 @@ class GeneratorNoise(NoiseSource):
     def __init__(self, generator: torch.Generator, n: int, event_shape, dtype=torch.float32, device=None):
         if not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.generator, self.n, self.event_shape = generator, check_int("n", n, 0), _event_shape(event_shape)
+        self.generator, self.n, self.event_shape = generator, check_int("n", n, 0), check_event_shape("event_shape", event_shape)
         self.dtype, self.device = dtype, device
 
     def _gather(self, draw) -> torch.Tensor:
@@ -134,7 +127,6 @@ class BrownianMemory:
         self._pending = None
 
     def _grow(self):
-        n, k = self.times.shape
         self.times = torch.cat([self.times, torch.full_like(self.times, math.nan)], dim=1)
         self.incs = torch.cat([self.incs, torch.zeros_like(self.incs)], dim=1)
 

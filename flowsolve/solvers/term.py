@@ -51,12 +51,11 @@ class Term:
     float64 tensor with one time per row of ``x``.
     """
 
-    def __init__(self, flow, nfe: torch.Tensor, dtype: torch.dtype, solver: str, extra_args: dict | None = None,
-                 callback=None):
+    def __init__(self, flow, nfe: torch.Tensor, solver: str, extra_args: dict | None = None, callback=None):
         self.flow = flow
         self.field = getattr(flow, "field", None)
         self.process = getattr(flow, "process", None)
-        self.nfe, self.n, self.dtype = nfe, nfe.shape[0], dtype
+        self.nfe, self.n = nfe, nfe.shape[0]
         self.solver = solver
         self.extra_args = dict(extra_args or {})
         self.callback = callback
@@ -67,12 +66,12 @@ class Term:
     def for_state(cls, flow, x: torch.Tensor, solver: str, extra_args: dict | None = None, callback=None) -> "Term":
         """A term for solving ``flow`` from the batch ``x``, with zero counts."""
         nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return cls(flow, nfe, x.dtype, solver, extra_args, callback)
+        return cls(flow, nfe, solver, extra_args, callback)
 
     def view(self, flow) -> "Term":
         """The same solve (counts, extra arguments) seen through another flow of the same field,
         e.g. the probability-flow ODE inside a stochastic sampler's predictor."""
-        other = Term(flow, self.nfe, self.dtype, self.solver, self.extra_args, self.callback)
+        other = Term(flow, self.nfe, self.solver, self.extra_args, self.callback)
         other._record = self._record
         return other
 

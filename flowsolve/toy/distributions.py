@@ -14,7 +14,8 @@ import math
 import torch
 
 from .._validation import check_int
-from ..fields import batch_shape, check_event_shape, compute_dtype
+from .._validation import compute_dtype
+from ..fields import batch_shape, check_event_shape
 
 _WEIGHT_TOL = 1e-6
 

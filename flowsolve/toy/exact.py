@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
-from ..fields import Field, batch_shape, compute_dtype, from_denoiser
+from .._validation import compute_dtype
+from ..fields import Field, batch_shape, from_denoiser
 from ..processes.kernels import log_gamma_density_norm
 from ..processes.base import require_canonical
 from .distributions import Empirical, GaussianMixture
