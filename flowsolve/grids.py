@@ -59,7 +59,9 @@ def _karras(process, n_points, rho: float = 7.0):
 
 def _quadratic(process, n_points):
     ramp = torch.linspace(1.0, 0.0, n_points, dtype=torch.float64)
-    return process.t_min + (process.t_max - process.t_min) * ramp**2
+    t = process.t_min + (process.t_max - process.t_min) * ramp**2
+    t[0] = process.t_max  # t_min + (t_max - t_min) can round away from t_max
+    return t
 
 
 _GRIDS = {  # name: (function, description, the options it takes)

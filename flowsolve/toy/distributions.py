@@ -18,6 +18,8 @@ from .._validation import compute_dtype
 from ..fields import batch_shape, check_event_shape
 
 _WEIGHT_TOL = 1e-6
+#: Laws with at most this many numbers in their parameters have an exact, pasteable repr.
+REPR_MAX_NUMBERS = 64
 
 
 def _as64(name, value) -> torch.Tensor:
@@ -40,7 +42,8 @@ def _check_weights(weights, k: int) -> torch.Tensor:
         raise ValueError(f"weights must be >= 0, got min {float(w.min())!r}")
     if abs(float(w.sum()) - 1.0) > _WEIGHT_TOL:
         raise ValueError(f"weights must sum to 1 (within {_WEIGHT_TOL}), got sum {float(w.sum())!r}")
-    return w / w.sum()
+    # Renormalise only weights that need it, so that printed weights rebuild the same law exactly.
+    return w if abs(float(w.sum()) - 1.0) <= 1e-12 else w / w.sum()
 
 
 def _categorical(weights: torch.Tensor, n: int, generator) -> torch.Tensor:
@@ -159,7 +162,14 @@ class GaussianMixture(_Law):
         return torch.logsumexp(comp + torch.log(self.weights.to(xc)), dim=-1).to(x.dtype)
 
     def __repr__(self):
-        return f"{type(self).__name__}(n_components={self.n_components}, dim={self.dim}{self._shape_repr()})"
+        """Pasteable and exact (``GaussianMixture(means=[[...]], covs_or_stds=[[...]], weights=[...])``:
+        stds for a diagonal mixture, covariances otherwise) when the parameters hold at most
+        ``REPR_MAX_NUMBERS`` numbers; a summary otherwise."""
+        spread = self.eigvals.sqrt() if self.eigvecs is None else self.covs  # stds or covariances
+        if self.means.numel() + spread.numel() + self.weights.numel() > REPR_MAX_NUMBERS:
+            return f"{type(self).__name__}(n_components={self.n_components}, dim={self.dim}{self._shape_repr()})"
+        return (f"{type(self).__name__}(means={self.means.tolist()!r}, covs_or_stds={spread.tolist()!r}, "
+                f"weights={self.weights.tolist()!r}{self._shape_repr()})")
 
 
 class Gaussian(GaussianMixture):
@@ -187,7 +197,12 @@ class Gaussian(GaussianMixture):
         super().__init__(mean, cov, None, event_shape)
 
     def __repr__(self):
-        return f"Gaussian(dim={self.dim}{self._shape_repr()})"
+        """Pasteable and exact (``Gaussian(mean=[...], cov=[[...]])``, or ``cov=[variances]`` when
+        diagonal) when the parameters hold at most ``REPR_MAX_NUMBERS`` numbers; a summary otherwise."""
+        cov = self.eigvals[0] if self.eigvecs is None else self.covs[0]
+        if self.dim + cov.numel() > REPR_MAX_NUMBERS:
+            return f"{type(self).__name__}(dim={self.dim}{self._shape_repr()})"
+        return f"{type(self).__name__}(mean={self.means[0].tolist()!r}, cov={cov.tolist()!r}{self._shape_repr()})"
 
 
 class Empirical(_Law):
@@ -225,4 +240,9 @@ class Empirical(_Law):
         return self._shaped(self.points[idx], dtype, device)
 
     def __repr__(self):
-        return f"Empirical(n_points={self.points.shape[0]}, dim={self.dim}{self._shape_repr()})"
+        """Pasteable and exact (``Empirical(points=[[...]], weights=[...])``) when the parameters hold
+        at most ``REPR_MAX_NUMBERS`` numbers; a summary otherwise."""
+        if self.points.numel() + self.weights.numel() > REPR_MAX_NUMBERS:
+            return f"{type(self).__name__}(n_points={self.points.shape[0]}, dim={self.dim}{self._shape_repr()})"
+        return (f"{type(self).__name__}(points={self.points.tolist()!r}, weights={self.weights.tolist()!r}"
+                f"{self._shape_repr()})")
