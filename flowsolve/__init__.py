@@ -17,6 +17,15 @@ from .toy.exact import ExactField, exact_field
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # fs.testing (property checks, strategies) loads on first use: `import flowsolve` stays light.
+    if name == "testing":
+        import importlib
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module 'flowsolve' has no attribute {name!r}")
+
+
 __all__ = [
     "Process", "Diffusion", "VE", "VP", "SubVP", "EDM", "LinearSDE", "PFGMPP", "Poisson", "SDE",
     "Field", "ExactField", "exact_field", "probability_flow", "reverse_sde", "ProbabilityFlowODE",

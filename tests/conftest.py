@@ -8,6 +8,9 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=60, deadline=None)
+# Occasional deep runs (HYPOTHESIS_PROFILE=thorough): many random examples, not derandomized.
+settings.register_profile("thorough", max_examples=500, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The tests use small tensors: one thread avoids OpenMP spin-waits, which on a busy 2-core

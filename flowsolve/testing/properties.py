@@ -1,0 +1,747 @@
+"""Property checks: the theorems behind generative flows, measured on a user's process, field or
+solver.
+
+Each ``check_*`` function measures one figure, holds it to a tolerance and returns a
+:class:`~flowsolve.testing.CheckResult` (truthy when it passed, with a one-line explanation and
+the other figures in ``details``); its ``assert_*`` twin raises ``AssertionError`` with that line.
+Statistical checks state their false-alarm rate: the probability that an exact sampler fails.
+
+The references are independent of the code under test: closed forms and 1-D quadrature from
+:mod:`flowsolve.testing.references`, autograd, and Monte Carlo estimates of the papers'
+integral definitions. docs/verification.md describes every check.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+from ..fields import Field
+from ..flows import probability_flow
+from ..grids import make_grid
+from ..processes import EDM, PFGMPP
+from ..processes.kernels import StudentTKernel
+from ..solvers import sample, solve
+from ..solvers.registry import get_solver
+from ..toy.distributions import Empirical, GaussianMixture
+from ..toy.exact import exact_field
+from . import references
+from ._result import CheckResult
+
+# The default problem of check_solver_order: nonlinear (unlike Gaussian data), broad enough for
+# 32 -> 128 steps to be in the asymptotic range on EDM's sigma in [0.002, 80].
+DEFAULT_ORDER_LAW = GaussianMixture([[-1.0], [1.0]], [0.3, 0.5], [0.4, 0.6])
+DEFAULT_ORDER_GRIDS = ("karras", ("karras", {"rho": 3.0}), "log_sigma")
+
+# Solver/grid pairs where a solver measures above its registered order (the step pattern
+# cancels the leading error term), so only the lower side of the order test applies there.
+SUPERCONVERGENT = {
+    ("dpmpp_3m", "log_sigma"): "3-step multistep on a grid uniform in lambda (measures about 4)",
+    ("dpmpp_3m", "logsnr"): "3-step multistep on a grid uniform in lambda (measures about 4)",
+}
+
+
+def _twin(check: Callable) -> Callable:
+    """The ``assert_*`` form of a check: same arguments; raises ``AssertionError`` with the
+    check's one-line explanation when it fails, and returns the result otherwise."""
+
+    @functools.wraps(check)
+    def assert_(*args, **kwargs) -> CheckResult:
+        return check(*args, **kwargs).assert_passed()
+
+    assert_.__name__ = assert_.__qualname__ = "assert_" + check.__name__.removeprefix("check_")
+    assert_.__doc__ = f"Run :func:`{check.__name__}` and raise ``AssertionError`` unless it passes.\n\n" + (
+        check.__doc__ or "")
+    return assert_
+
+
+def _is_student_t(process) -> bool:
+    return isinstance(process.kernel, StudentTKernel)
+
+
+def _check_positive(name: str, value, allow_zero: bool = False) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return value
+
+
+def _check_time(process, name: str, t) -> float:
+    t = float(t)
+    if not process.t_min <= t <= process.t_max:
+        raise ValueError(f"{name} must lie in [t_min, t_max] = [{process.t_min}, {process.t_max}], got {t!r}")
+    return t
+
+
+def _slope(xs, ys) -> float:
+    """Least-squares slope of log ys against log xs."""
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+def _decay_rate(Ds, errors, floor: float = 1e-12) -> tuple[float, bool]:
+    """The rate r of ``error ~ D^-r`` fitted over the errors above rounding level, and whether the
+    last error is at rounding level (then the two sides agree at every D, e.g. a single data
+    point, where both kernels give the same denoiser, and there is no rate to measure)."""
+    above = [(D, e) for D, e in zip(Ds, errors) if e > floor]
+    rate = -_slope(*zip(*above)) if len(above) >= 2 else float("nan")
+    return rate, errors[-1] <= floor
+
+
+def _directions(dim: int, count: int, seed: int) -> np.ndarray:
+    """The coordinate axes first, then seeded random unit vectors: ``count`` rows of length dim
+    (in 1-D the one direction there is)."""
+    if dim == 1:
+        return np.ones((1, 1))
+    rows = list(np.eye(dim))[:count]
+    rng = np.random.default_rng(seed)
+    while len(rows) < count:
+        v = rng.standard_normal(dim)
+        rows.append(v / np.linalg.norm(v))
+    return np.stack(rows)
+
+
+def _projected_ks(x: torch.Tensor, process, law, t: float, directions: np.ndarray):
+    """KS p-values of the projections ``u . x`` against the exact projected marginal at t."""
+    flat = x.detach().reshape(x.shape[0], -1).to(torch.float64).cpu().numpy()
+    pvalues = []
+    for u in directions:
+        marginal = references.marginal_1d(process, law, t, u if law.dim > 1 else None)
+        pvalues.append(float(stats.kstest(flat @ u, marginal.cdf).pvalue))
+    return pvalues
+
+
+def _ks_verdict(name: str, pvalues: list, alpha: float, what: str) -> CheckResult:
+    """Bonferroni over the projections: the family-wise false-alarm rate is at most alpha."""
+    adjusted = min(1.0, min(pvalues) * len(pvalues))
+    worst = int(np.argmin(pvalues))
+    passed = adjusted >= alpha
+    verdict = "consistent with" if passed else "differ from"
+    return CheckResult(name, adjusted, alpha, passed,
+                       f"{what} {verdict} the exact marginal: smallest KS p-value {min(pvalues):.3g} on projection "
+                       f"{worst} of {len(pvalues)} (Bonferroni-adjusted {adjusted:.3g}, false-alarm rate {alpha:g})",
+                       {"pvalues": pvalues})
+
+
+def _prior_draw(process, law, n: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return process.prior_sample(n, law.event_shape, generator=generator, dtype=dtype)
+
+
+def _marginal_draw(process, law, n: int, t: float, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return process.perturb(law.sample(n, generator=generator, dtype=torch.float64), t, generator=generator)
+
+
+# --- D -> infinity: PFGM++ becomes diffusion ------------------------------------------------
+
+def check_d_limit(data, x: torch.Tensor, sigma: float, *, Ds: Sequence[float] = (1e3, 1e4, 1e5, 1e6),
+                  poisson_field: Callable | None = None, score: Callable | None = None,
+                  tolerance: float = 1e-2, min_rate: float = 0.75) -> CheckResult:
+    """PFGM++ -> diffusion as D -> infinity with r = sigma sqrt(D) (Xu et al. 2023, PFGM++,
+    Theorem 4.1, with the sign the seed text drops):
+
+        sqrt(D) E_x / E_r  ->  -sigma grad_x log p_sigma(x),   error O(1/D).
+
+    Measures ``err(D) = max |sqrt(D) E_x/E_r + sigma score| / max |sigma score|`` over the points
+    ``x`` for each D. Passes when the error falls at least like ``D**-min_rate`` (least-squares
+    slope in log-log) and is below ``tolerance`` at the largest D. ``details`` has the errors,
+    ``err * D`` (about constant when the rate is 1/D) and the error of the sign-dropped identity.
+
+    ``poisson_field(x, sigma, D)`` gives ``E_x/E_r`` (default: flowsolve's exact PFGM++ field of
+    the toy law ``data``); ``score(x, sigma)`` the Gaussian-kernel score (default: the exact EDM
+    field of ``data``).
+    """
+    sigma = _check_positive("sigma", sigma)
+    Ds = [float(D) for D in Ds]
+    if len(Ds) < 2 or any(not (D > 0 and math.isfinite(D)) for D in Ds) or sorted(Ds) != Ds:
+        raise ValueError(f"Ds must be at least two increasing positive augmentation dimensions, got {Ds!r}")
+    if poisson_field is None:
+        def poisson_field(x, sigma, D):
+            return exact_field(PFGMPP(D=D, sigma_min=min(sigma, 0.002), sigma_max=max(sigma, 80.0)),
+                               data).poisson_field(x, sigma)
+    if score is None:
+        edm = exact_field(EDM(sigma_min=min(sigma, 0.002), sigma_max=max(sigma, 80.0)), data)
+        score = edm.score
+    target = -sigma * score(x, sigma).to(torch.float64)
+    norm = float(target.abs().max()) or 1.0
+    errors, flipped = [], []
+    for D in Ds:
+        signed = math.sqrt(D) * poisson_field(x, sigma, D).to(torch.float64)
+        errors.append(float((signed - target).abs().max()) / norm)
+        flipped.append(float((signed + target).abs().max()) / norm)
+    rate, exact = _decay_rate(Ds, errors)
+    passed = errors[-1] <= tolerance and (rate >= min_rate or exact)
+    hint = ""
+    if not passed and flipped[-1] < errors[-1] / 10:
+        hint = "; it matches +sigma grad log p instead: the minus sign is dropped (as in the seed text's statement)"
+    explanation = (f"sqrt(D) E_x/E_r vs -sigma grad log p_sigma at sigma={sigma:g}: relative error {errors[-1]:.3g} at "
+                   f"D={Ds[-1]:g} (tolerance {tolerance:g}), decay rate D^-{rate:.2f} (at least {min_rate:g}){hint}")
+    return CheckResult("d_limit", errors[-1], tolerance, passed, explanation,
+                       {"D": Ds, "error": errors, "error_times_D": [e * D for e, D in zip(errors, Ds)],
+                        "rate": rate, "sign_dropped_error": flipped})
+
+
+def check_d_limit_trajectory(data, x_init: torch.Tensor, *, Ds: Sequence[float] = (1e2, 1e3, 1e4),
+                             sigma_min: float = 0.002, sigma_max: float = 80.0, solver: str = "heun",
+                             steps: int = 32, field_for: Callable | None = None, tolerance: float = 1e-2,
+                             min_rate: float = 0.75) -> CheckResult:
+    """Given the same start point, the PFGM++ ODE trajectory matches the diffusion (EDM) ODE
+    trajectory as D -> infinity (PFGM++, Theorem 4.1, second part), with error O(1/D).
+
+    Solves both ODEs (``dx/dsigma = (x - D(x; sigma))/sigma`` with each kernel's denoiser) from
+    ``x_init`` at ``sigma_max`` to ``sigma_min`` with ``solver`` on the same Karras grid of
+    ``steps`` steps, so the discretisation is shared, and measures the largest end-point gap
+    relative to the largest end-point norm for each D. Passes as :func:`check_d_limit` does.
+    ``field_for(process)`` builds the field (default ``fs.exact_field(process, data)``).
+    """
+    Ds = [float(D) for D in Ds]
+    if len(Ds) < 2 or sorted(Ds) != Ds or Ds[0] <= 0:
+        raise ValueError(f"Ds must be at least two increasing positive augmentation dimensions, got {Ds!r}")
+    field_for = field_for or (lambda process: exact_field(process, data))
+
+    def end_point(process):
+        flow = probability_flow(process, field_for(process))
+        return solve(flow, x_init, make_grid(process, "karras", steps), solver).x.to(torch.float64)
+
+    diffusion = end_point(EDM(sigma_min, sigma_max))
+    norm = float(diffusion.abs().max()) or 1.0
+    errors = [float((end_point(PFGMPP(D, sigma_min, sigma_max)) - diffusion).abs().max()) / norm for D in Ds]
+    rate, exact = _decay_rate(Ds, errors)
+    passed = errors[-1] <= tolerance and (rate >= min_rate or exact)
+    return CheckResult("d_limit_trajectory", errors[-1], tolerance, passed,
+                       f"PFGM++ vs diffusion ODE end points from the same start ({solver}, {steps} steps): relative gap "
+                       f"{errors[-1]:.3g} at D={Ds[-1]:g} (tolerance {tolerance:g}), decay rate D^-{rate:.2f} "
+                       f"(at least {min_rate:g})",
+                       {"D": Ds, "error": errors, "error_times_D": [e * D for e, D in zip(errors, Ds)], "rate": rate})
+
+
+# --- the prior ------------------------------------------------------------------------------
+
+def prior_kl(process, law, *, n: int = 4096, seed: int = 0, log_prob: Callable | None = None) -> tuple[float, float]:
+    """``KL(p_{t_max} || prior)`` and its standard error.
+
+    Gaussian data under a Gaussian kernel: the closed form (standard error 0). Otherwise a
+    Monte Carlo estimate of ``E[log p_{t_max}(x) - log prior(x)]`` over ``x ~ p_{t_max}``, with
+    antithetic kernel draws ``s(y + sigma n)``, ``s(y - sigma n)`` (which cancel the term linear in
+    the noise that dominates the variance), and the standard error of the pair means.
+    ``log_prob(x, t)`` defaults to flowsolve's exact field of ``law``.
+    """
+    if not _is_student_t(process) and isinstance(law, GaussianMixture) and law.n_components == 1:
+        return references.prior_kl(process, law), 0.0
+    n = max(2, int(n) // 2)
+    log_prob = log_prob or exact_field(process, law).log_prob
+    generator = torch.Generator().manual_seed(seed)
+    y = law.sample(n, generator=generator, dtype=torch.float64)
+    noise = process.perturb(torch.zeros_like(y), process.t_max, generator=generator)
+    s = float(process.scale(process.t_max))
+    pairs = []
+    for x in (s * y + noise, s * y - noise):
+        pairs.append(log_prob(x, process.t_max).to(torch.float64) - process.prior_log_prob(x).to(torch.float64))
+    per_pair = 0.5 * (pairs[0] + pairs[1])
+    return float(per_pair.mean()), float(per_pair.std() / math.sqrt(n))
+
+
+def check_prior_convergence(processes: Sequence, law, *, tolerance: float = 1e-2, n: int = 4096, seed: int = 0,
+                            log_prob: Callable | None = None) -> CheckResult:
+    """The perturbed marginal converges to the prior as the noise at t_max grows (PFGM++
+    Theorem 1 for r_max -> infinity; for diffusions the Gaussian prior limit of score_sde).
+
+    ``processes`` is a sequence with growing noise at ``t_max`` (sigma_max, beta_max, or r_max =
+    sigma_max sqrt(D)). Measures ``KL(p_{t_max} || prior)`` for each (:func:`prior_kl`: closed
+    form for Gaussian data under a Gaussian kernel, else an estimate with its standard error).
+    Passes when the KL never rises by more than 3 standard errors along the sequence and the last
+    is below ``tolerance``. ``details["rate"]`` is the log-log slope of KL against sigma(t_max):
+    about -2 (the mean term ``s^2 |mu|^2 / (2 prior_std^2)``), -4 when the data mean is 0.
+    """
+    processes = list(processes)
+    if len(processes) < 2:
+        raise ValueError(f"processes must hold at least two processes with growing noise, got {len(processes)}")
+    kls, ses = zip(*(prior_kl(p, law, n=n, seed=seed, log_prob=log_prob) for p in processes))
+    sigmas = [float(p.sigma(p.t_max)) for p in processes]
+    monotone = all(b <= a + 3 * math.hypot(sa, sb) for a, b, sa, sb in zip(kls, kls[1:], ses, ses[1:]))
+    resolved = [(s, k) for s, k, e in zip(sigmas, kls, ses) if k > 5 * e and k > 0]
+    rate = _slope(*zip(*resolved)) if len(resolved) >= 2 else float("nan")
+    passed = monotone and kls[-1] <= tolerance
+    trend = "decreases" if monotone else "does not decrease"
+    return CheckResult("prior_convergence", kls[-1], tolerance, passed,
+                       f"KL(p_t_max || prior) {trend} along the {len(processes)} processes: last {kls[-1]:.3g} +- "
+                       f"{ses[-1]:.2g} (tolerance {tolerance:g}); log-log rate in sigma(t_max) {rate:.2f}",
+                       {"kl": list(kls), "standard_error": list(ses), "sigma_t_max": sigmas, "rate": rate})
+
+
+# --- marginals ------------------------------------------------------------------------------
+
+def check_perturb_marginal(process, law, t, *, n: int = 2000, directions: int = 4, seed: int = 0,
+                           alpha: float = 1e-3, perturb: Callable | None = None) -> CheckResult:
+    """Samples of the forward kernel follow the analytic marginal ``p_t`` (DESIGN.md section 1):
+    ``x_t = s(t)(y + sigma(t) n)``, n Gaussian or the PFGM++ Student-t kernel.
+
+    Draws ``y ~ law``, ``x = perturb(y, t, generator)`` (default ``process.perturb``) and runs a
+    KS test of the projections of x on ``directions`` unit vectors (the axes, then seeded random
+    ones) against the exact projected marginal (:func:`references.marginal_1d`). Passes when the
+    Bonferroni-adjusted smallest p-value is at least ``alpha``: an exact sampler fails with
+    probability at most ``alpha``.
+    """
+    t = _check_time(process, "t", t)
+    perturb = perturb or process.perturb
+    generator = torch.Generator().manual_seed(seed)
+    x = perturb(law.sample(int(n), generator=generator, dtype=torch.float64), t, generator=generator)
+    pvalues = _projected_ks(x, process, law, t, _directions(law.dim, directions, seed))
+    return _ks_verdict("perturb_marginal", pvalues, alpha, f"{n} perturbed samples at t={t:g}")
+
+
+def _exact_map(process, law, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    if isinstance(law, GaussianMixture) and law.n_components == 1 and not _is_student_t(process):
+        return references.gaussian_flow_map(process, law, x, t, s)
+    if law.dim == 1:
+        mapped = references.flow_map_1d(process, law, x.detach().reshape(-1).cpu().numpy(), t, s)
+        return torch.as_tensor(np.asarray(mapped), dtype=x.dtype).reshape(x.shape)
+    raise ValueError("the exact probability-flow map is known for Gaussian data under a Gaussian kernel and for "
+                     f"1-D laws; got a {law.dim}-D {type(law).__name__} under {process!r} "
+                     "(use check_marginal_pushforward, which tests the law instead)")
+
+
+def check_flow_map(process, law, t, s, *, field: Field | None = None, x: torch.Tensor | None = None, n: int = 64,
+                   solver: str = "dopri5", rtol: float = 1e-9, atol: float = 1e-9, tolerance: float = 1e-6,
+                   seed: int = 0, **options) -> CheckResult:
+    """The probability-flow ODE pushes marginal samples at t to marginal samples at s, point by
+    point, as the exact map does (Song et al. 2021, eq. 13).
+
+    Exact map: Gaussian data under a Gaussian kernel scale each eigen-coordinate of
+    ``x/s - mu`` by ``sqrt((lambda + sigma_s^2)/(lambda + sigma_t^2))``; any 1-D law under either
+    kernel has the monotone map ``F_s^{-1}(F_t(x))`` (the optimal-transport map between the
+    marginals). Solves from ``x`` (default: ``n`` draws of the marginal at t) with ``solver`` and
+    measures the largest error relative to ``max(1, max |exact|)``; passes below ``tolerance``.
+    """
+    t, s = _check_time(process, "t", t), _check_time(process, "s", s)
+    if t == s:
+        raise ValueError(f"t and s must differ (got t = s = {t!r}): the map from t to itself is the identity")
+    x = _marginal_draw(process, law, n, t, seed) if x is None else x
+    exact = _exact_map(process, law, x, t, s)
+    flow = probability_flow(process, field or exact_field(process, law))
+    if get_solver(solver).adaptive:
+        options.update(rtol=rtol, atol=atol)
+    solved = solve(flow, x, (t, s), solver, **options).x
+    error = float((solved.to(torch.float64) - exact.to(torch.float64)).abs().max()) / max(1.0, float(exact.abs().max()))
+    return CheckResult("flow_map", error, tolerance, error <= tolerance,
+                       f"probability-flow map t={t:g} -> s={s:g} ({solver}) vs the exact map: relative error "
+                       f"{error:.3g} (tolerance {tolerance:g}) over {x.shape[0]} points", {"error": error})
+
+
+def check_marginal_pushforward(process, law, t, s, *, field: Field | None = None, n: int = 2000,
+                               directions: int = 4, solver: str = "dopri5", rtol: float = 1e-6,
+                               atol: float = 1e-6, seed: int = 0, alpha: float = 1e-3) -> CheckResult:
+    """The probability-flow ODE pushes the marginal at t to the marginal at s (the law, not
+    point by point; works for any law with an exact projected marginal).
+
+    Draws ``n`` marginal samples at t, solves to s, and runs the projected KS test of
+    :func:`check_perturb_marginal` against the marginal at s. False-alarm rate at most ``alpha``
+    for an exact solve (a solver error visible at this n fails it, by design).
+    """
+    t, s = _check_time(process, "t", t), _check_time(process, "s", s)
+    flow = probability_flow(process, field or exact_field(process, law))
+    x = solve(flow, _marginal_draw(process, law, n, t, seed), (t, s), solver, rtol=rtol, atol=atol).x
+    pvalues = _projected_ks(x, process, law, s, _directions(law.dim, directions, seed + 1))
+    return _ks_verdict("marginal_pushforward", pvalues, alpha, f"{n} samples pushed from t={t:g} to s={s:g}")
+
+
+def check_sde_ode_same_law(process, law, *, field: Field | None = None, n: int = 2000, sde_solver: str = "euler_maruyama",
+                           sde_steps: int = 500, ode_solver: str = "dopri5", rtol: float = 1e-6, directions: int = 4,
+                           seed: int = 0, alpha: float = 1e-3, **sde_options) -> CheckResult:
+    """The reverse SDE and the probability-flow ODE started from the prior end in the same law,
+    the marginal at t_min (Song et al. 2021, section 4.3).
+
+    Samples ``n`` points with each and runs, on each projection, a two-sample KS test between
+    them and a KS test of each against the exact marginal at t_min (3 tests per projection,
+    Bonferroni over all). The false-alarm rate is at most ``alpha`` for exact samplers; a
+    discretised SDE carries a bias that a large ``n`` will detect, so pick ``sde_steps`` to
+    match ``n``.
+    """
+    field = field or exact_field(process, law)
+    sde = sample(process, field, n, sde_solver, steps=sde_steps, seed=seed, shape=law.event_shape, **sde_options).x
+    ode = sample(process, field, n, ode_solver, rtol=rtol, atol=rtol, seed=seed + 1, shape=law.event_shape).x
+    dirs = _directions(law.dim, directions, seed)
+    pvalues = _projected_ks(sde, process, law, process.t_min, dirs) + _projected_ks(ode, process, law, process.t_min, dirs)
+    flat = [z.reshape(n, -1).to(torch.float64).numpy() for z in (sde, ode)]
+    pvalues += [float(stats.ks_2samp(flat[0] @ u, flat[1] @ u).pvalue) for u in dirs]
+    return _ks_verdict("sde_ode_same_law", pvalues, alpha,
+                       f"reverse SDE ({sde_solver}, {sde_steps} steps) and ODE ({ode_solver}) samples, n={n},")
+
+
+def marginal_moments(process, law, t) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of ``x_t = s(y + sigma n)`` (flattened event): ``s E[y]`` and
+    ``s^2 (Cov y + sigma^2 E[n n^T])`` with ``E[n n^T] = I`` (Gaussian kernel) or ``D/(D-2) I``
+    (PFGM++ kernel, finite for D > 2 only)."""
+    t = _check_time(process, "t", t)
+    s, sigma = float(process.scale(t)), float(process.sigma(t))
+    second = 1.0
+    if _is_student_t(process):
+        D = process.kernel.D
+        if D <= 2:
+            raise ValueError(f"the PFGM++ kernel has no covariance for D <= 2 (got D={D:g})")
+        second = D / (D - 2)
+    mean = s * law.mean().reshape(-1)
+    cov = s**2 * (law.covariance() + sigma**2 * second * torch.eye(law.dim, dtype=torch.float64))
+    return mean, cov
+
+
+def check_sampler_law(process, law, solver: str, *, field: Field | None = None, steps: int | None = None,
+                      nfe: int | None = None, n: int = 4000, seed: int = 0, z_max: float = 4.0,
+                      variance_tolerance: float = 0.1, **options) -> CheckResult:
+    """A sampler's output against the data law's marginal at t_min, at a given budget.
+
+    Samples ``n`` points (``fs.sample`` with ``solver``, ``steps``/``nfe``, ``options``) and
+    measures per coordinate the z-score of the sample mean against the exact mean (standard
+    error from the sample) and the ratio of the sample variance to the exact one. Passes when
+    every |z| <= ``z_max`` and every variance ratio is within ``1 +- max(variance_tolerance,
+    4 standard errors)``. For an exact sampler the false-alarm rate is about
+    ``dim * 6e-5`` at z_max = 4 for the means. ``details`` also has the energy distance between
+    the samples and a fresh draw of the marginal, next to its value between two fresh draws (its
+    noise level at this n). This is how the bias of a rule such as score_sde's per-sample
+    Langevin step size shows.
+    """
+    field = field or exact_field(process, law)
+    budget = {"steps": steps} if steps is not None else {"nfe": nfe} if nfe is not None else {}
+    shown = ", ".join(f"{k}={v}" for k, v in {**budget, **options}.items()) or "default budget"
+    x = sample(process, field, n, solver, seed=seed, shape=law.event_shape, **budget, **options).x
+    x = x.reshape(n, -1).to(torch.float64)
+    mean, cov = marginal_moments(process, law, process.t_min)
+    var = torch.diagonal(cov)
+    z = (x.mean(0) - mean) / (x.std(0) / math.sqrt(n))
+    dev2 = (x - x.mean(0)) ** 2
+    ratio = dev2.mean(0) / var
+    ratio_se = dev2.std(0) / math.sqrt(n) / var
+    allowed = torch.clamp(4 * ratio_se, min=variance_tolerance)
+    worst_z, worst_ratio = float(z.abs().max()), float((ratio - 1).abs().max())
+    passed = worst_z <= z_max and bool(((ratio - 1).abs() <= allowed).all())
+    fresh = [_marginal_draw(process, law, n, process.t_min, seed + k).reshape(n, -1).to(torch.float64) for k in (1, 2)]
+    energy, noise_level = _energy_distance(x, fresh[0]), _energy_distance(fresh[0], fresh[1])
+    return CheckResult("sampler_law", worst_z, z_max, passed,
+                       f"{solver} ({shown}), n={n}: mean |z| up to {worst_z:.2f} (at most {z_max:g}), "
+                       f"variance ratios off by up to {worst_ratio:.3f} (allowed {float(allowed.max()):.3f}); energy "
+                       f"distance {energy:.2e} vs {noise_level:.2e} between two exact draws",
+                       {"z": z.tolist(), "variance_ratio": ratio.tolist(), "energy_distance": energy,
+                        "energy_distance_null": noise_level})
+
+
+def _energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Squared energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` (V-statistic, Szekely & Rizzo)."""
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+# --- field identities -----------------------------------------------------------------------
+
+def check_score_autograd(field: Field, x: torch.Tensor, t, *, log_prob: Callable | None = None,
+                         rtol: float = 1e-8) -> CheckResult:
+    """The score is the gradient of the log density: ``field.score(x, t) = grad_x log p_t(x)``,
+    with the gradient taken by autograd of ``log_prob(x, t)`` (default ``field.log_prob``, which
+    flowsolve's exact fields have). Measures the largest difference relative to the largest
+    score; passes below ``rtol``."""
+    log_prob = log_prob or getattr(field, "log_prob", None)
+    if log_prob is None:
+        raise ValueError("log_prob is required: this field has no log_prob(x, t)")
+    xg = x.detach().to(torch.float64).requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(log_prob(xg, t).sum(), xg)
+    score = field.score(x.detach().to(torch.float64), t).to(torch.float64)
+    error = float((score - grad).abs().max()) / max(float(grad.abs().max()), 1e-300)
+    return CheckResult("score_autograd", error, rtol, error <= rtol,
+                       f"score vs autograd of log p_t: relative difference {error:.3g} (tolerance {rtol:g})",
+                       {"error": error})
+
+
+def _schedule_rates(process, t: float):
+    """s, sigma and their time derivatives at t. The derivatives are 4th-order finite differences
+    of the schedules (5 points, step 1e-3 of |t| or of the span, shifted inward at the ends), independent
+    of the processes' own derivative hooks and valid for interpolated schedules (LinearSDE);
+    accurate to about 1e-8 relative."""
+    lo, hi = process.t_min, process.t_max
+    h = 1e-3 * min(hi - lo, max(abs(t), 1e-2 * (hi - lo)))  # relative to t: VP's sigma ~ sqrt(t) near 0
+    first = min(max(-2, math.ceil((lo - t) / h)), 0)
+    first = max(min(first, math.floor((hi - t) / h) - 4), -4)
+    offsets = np.arange(first, first + 5, dtype=np.float64)
+    pts = torch.as_tensor(t + h * offsets, dtype=torch.float64).clamp(lo, hi)
+    # weights of the derivative at offset 0 of the interpolating quartic
+    weights = np.linalg.solve(np.vander(offsets, 5, increasing=True).T, np.array([0.0, 1.0, 0.0, 0.0, 0.0])) / h
+    s_pts, sig_pts = process.scale(pts).numpy(), process.sigma(pts).numpy()
+    return (float(process.scale(t)), float(process.sigma(t)), float(weights @ s_pts), float(weights @ sig_pts))
+
+
+def check_field_conversions(field: Field, x: torch.Tensor, t, *, rtol: float = 1e-7) -> CheckResult:
+    """Every quantity of a field is the right conversion of its denoiser (DESIGN.md section 2),
+    written here independently of flowsolve's conversion code:
+
+        eps = (x/s - D)/sigma,   score = (s D - x)/(s^2 sigma^2)  (Gaussian kernel),
+        velocity = (s'/s) x + (sigma'/sigma)(x - s D),   E_x/E_r = (x/s - D)/(sigma sqrt(D_aug)),
+
+    with s', sigma' by finite differences of the schedules (about 1e-8 relative); and each
+    quantity round-trips: a field built from it (``Field.from_eps`` ...) gives back the same
+    denoiser. Measures the largest difference relative to the size of the terms of each formula
+    (a value may cancel to 0); passes below ``rtol`` (one time ``t`` for the whole batch).
+    """
+    process = field.process
+    x64 = x.detach().to(torch.float64)
+    s, sigma, ds, dsigma = _schedule_rates(process, _check_time(process, "t", t))
+    den = field.denoiser(x64, t).to(torch.float64)
+    # each value with the size of its terms, the scale of its rounding error (a value can
+    # cancel to 0, e.g. the velocity of a stationary marginal)
+    expected = {"eps": ((x64 / s - den) / sigma, (x64.abs() / s + den.abs()) / sigma),
+                "velocity": (ds / s * x64 + dsigma / sigma * (x64 - s * den),
+                             (ds / s * x64).abs() + (dsigma / sigma * (x64.abs() + (s * den).abs())).abs())}
+    if _is_student_t(process):
+        root_d = math.sqrt(process.kernel.D)
+        expected["poisson_field"] = ((x64 / s - den) / (sigma * root_d), (x64.abs() / s + den.abs()) / (sigma * root_d))
+    else:
+        expected["score"] = ((s * den - x64) / (s**2 * sigma**2), ((s * den).abs() + x64.abs()) / (s**2 * sigma**2))
+    errors = {}
+    for kind, (value, size) in expected.items():
+        got = getattr(field, kind)(x64, t).to(torch.float64)
+        scale = max(float(size.max()), 1e-300)
+        rebuilt = getattr(Field, "from_" + kind)(process, getattr(field, kind), event_shape=tuple(x.shape[1:]))
+        errors[kind] = float((got - value).abs().max()) / scale
+        errors[kind + " round trip"] = float((rebuilt.denoiser(x64, t) - den).abs().max()) / max(
+            float(den.abs().max()), 1.0)
+    worst = max(errors, key=errors.get)
+    return CheckResult("field_conversions", errors[worst], rtol, errors[worst] <= rtol,
+                       f"field quantities vs their definitions from the denoiser: worst {worst} relative error "
+                       f"{errors[worst]:.3g} (tolerance {rtol:g})", {"errors": errors})
+
+
+def check_poisson_field_monte_carlo(process, data, x: torch.Tensor, t, *, field: Field | None = None,
+                                    n: int = 100_000, seed: int = 0, z_max: float = 5.0,
+                                    min_effective_size: float = 100.0) -> CheckResult:
+    """The PFGM++ field from its integral definition over the data (PFGM++ eq. 3, Xu et al.
+    2023) agrees with the closed form:
+
+        E(x~) ∝ ∫ (x~ - y~) / ||x~ - y~||^(N+D) p(y) dy,   x~ = (x/s, r e),  y~ = (y, 0),
+        E_x/E_r = E_y[(x/s - y) w(y)] / E_y[r w(y)],   w = (||x/s - y||^2 + r^2)^(-(N+D)/2).
+
+    For an ``Empirical`` law the expectations are exact sums; otherwise they are Monte Carlo
+    averages over ``n`` draws of the data, and the ratio's standard error comes from the delta
+    method. Passes when every coordinate's |difference| <= ``z_max`` standard errors and the
+    self-normalised weights keep an effective sample size of at least ``min_effective_size``
+    (below it the standard error itself is unreliable: small r makes the weights peak on the
+    nearest data draws; raise n or sigma). Exact sums pass at a relative difference <= 1e-9.
+    ``field`` defaults to flowsolve's exact field.
+    """
+    if not _is_student_t(process):
+        raise ValueError(f"process must use the PFGM++ kernel (PFGMPP or Poisson), got {process!r}")
+    field = field or exact_field(process, data)
+    D, dim = process.kernel.D, data.dim
+    t = _check_time(process, "t", t)
+    s, sigma = float(process.scale(t)), float(process.sigma(t))
+    r = sigma * math.sqrt(D)
+    xhat = x.detach().to(torch.float64).reshape(x.shape[0], -1) / s
+    if isinstance(data, Empirical):
+        y, logp = data.points, torch.log(data.weights)
+    else:
+        y = data.sample(int(n), generator=torch.Generator().manual_seed(seed), dtype=torch.float64).reshape(int(n), -1)
+        logp = torch.full((y.shape[0],), -math.log(y.shape[0]), dtype=torch.float64)
+    diff = xhat[:, None, :] - y[None, :, :]  # (B, M, N)
+    logw = logp - 0.5 * (dim + D) * torch.log((diff**2).sum(-1) + r**2)
+    w = torch.softmax(logw, dim=-1)  # the normalisation cancels in the ratio
+    estimate = (w[..., None] * diff).sum(1) / r
+    closed = field.poisson_field(x, t).to(torch.float64).reshape(x.shape[0], -1)
+    if isinstance(data, Empirical):
+        error = float((estimate - closed).abs().max()) / max(float(closed.abs().max()), 1e-300)
+        return CheckResult("poisson_field_integral", error, 1e-9, error <= 1e-9,
+                           f"E_x/E_r: closed form vs the exact sum over the {y.shape[0]} data points: relative "
+                           f"difference {error:.3g} (tolerance 1e-9)", {"error": error})
+    # delta method for the ratio of means A/B with A = (x - y) w / r, B = w (w normalised per row)
+    m = y.shape[0]
+    a = w[..., None] * diff * m / r
+    b = (w * m)[..., None]
+    ratio = a.mean(1) / b.mean(1)
+    resid = a - ratio[:, None, :] * b
+    se = resid.std(1) / math.sqrt(m) / b.mean(1)
+    z = (closed - estimate).abs() / se.clamp_min(1e-300)
+    worst = float(z.max())
+    ess = float((1.0 / (w**2).sum(-1)).min())
+    passed = worst <= z_max and ess >= min_effective_size
+    few = "" if ess >= min_effective_size else f"; effective sample size below {min_effective_size:g}: raise n or sigma"
+    return CheckResult("poisson_field_integral", worst, z_max, passed,
+                       f"E_x/E_r: closed form vs Monte Carlo of the integral ({m} data draws, smallest effective "
+                       f"sample size {ess:.0f}): largest |z| {worst:.2f} (at most {z_max:g}){few}",
+                       {"z": z.tolist(), "estimate": estimate.tolist(), "standard_error": se.tolist(),
+                        "effective_sample_size": ess})
+
+
+# --- solvers --------------------------------------------------------------------------------
+
+def _grid_label(spec) -> str:
+    name, options = (spec, {}) if isinstance(spec, str) else spec
+    return name + (f"({', '.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+
+
+def observed_orders(solver: str, process, law, *, grids: Sequence = DEFAULT_ORDER_GRIDS,
+                    steps: Sequence[int] = (64, 128, 256), n: int = 16, seed: int = 0, field: Field | None = None,
+                    **options) -> dict:
+    """Observed convergence order of a fixed-step ODE solver per grid: end-point errors against
+    the exact probability-flow map (Gaussian data under a Gaussian kernel, or any 1-D law) from
+    ``n`` prior draws, and ``log(err_a/err_b)/log(b/a)`` for consecutive step counts. A grid is
+    a name of :func:`~flowsolve.available_grids` or a pair ``(name, options)`` such as
+    ``("karras", {"rho": 3.0})``. Returns ``{label: {"errors": [...], "orders": [...]}}``."""
+    steps = [int(k) for k in steps]
+    if len(steps) < 2 or sorted(steps) != steps or steps[0] < 2:
+        raise ValueError(f"steps must be at least two increasing step counts >= 2, got {steps!r}")
+    x = _prior_draw(process, law, n, seed)
+    exact = _exact_map(process, law, x, process.t_max, process.t_min).to(torch.float64)
+    flow = probability_flow(process, field or exact_field(process, law))
+    result = {}
+    for spec in grids:
+        name, grid_options = (spec, {}) if isinstance(spec, str) else spec
+        errors = [float((solve(flow, x, make_grid(process, name, k, **grid_options), solver, **options).x
+                         - exact).abs().max()) for k in steps]
+        orders = [math.log(a / b) / math.log(kb / ka) if a > 0 and b > 0 else float("nan")
+                  for a, b, ka, kb in zip(errors, errors[1:], steps, steps[1:])]
+        result[_grid_label(spec)] = {"errors": errors, "orders": orders}
+    return result
+
+
+def check_solver_order(solver: str, *, process=None, law=None, order: float | None = None,
+                       grids: Sequence = DEFAULT_ORDER_GRIDS, steps: Sequence[int] = (64, 128, 256), n: int = 16, seed: int = 0, tolerance: float = 0.3, field: Field | None = None,
+                       **options) -> CheckResult:
+    """The observed order of a fixed-step ODE solver matches its registered order.
+
+    Step-halving sweep (:func:`observed_orders`) on an exact problem (default: EDM and the
+    two-mode 1-D mixture ``DEFAULT_ORDER_LAW``, whose exact map is the 1-D optimal-transport map;
+    any 1-D law, or Gaussian data under a Gaussian kernel, can be given), on each of ``grids``
+    (default Karras rho=7, Karras rho=3 and uniform in log sigma), from ``n`` prior draws;
+    the order of a grid is the one of its last two step counts. Gaussian data make a linear
+    ODE, on which some methods measure above their order (midpoint on Karras grids,
+    DPM-Solver++(3M) on grids uniform in lambda); a nonlinear problem such as the default
+    mixture shows the generic order. Grids whose step ratios in lambda vary strongly (e.g.
+    "quadratic" on EDM) leave multistep methods pre-asymptotic at these step counts. Passes when every grid's order is
+    within ``tolerance`` of ``order`` (default: the registered one), or above it on a known
+    super-convergent solver/grid pair (``SUPERCONVERGENT``). ``details`` has the per-grid errors
+    and orders, and the mean order with a 95% t-interval over the grids.
+    """
+    info = get_solver(solver)
+    if info.kind != "ode" or info.adaptive:
+        raise ValueError(f"solver must be a fixed-step ODE solver, got {solver!r} ({info.category})")
+    process = process or EDM()
+    law = law or DEFAULT_ORDER_LAW
+    order = float(info.order if order is None else order)
+    per_grid = observed_orders(solver, process, law, grids=grids, steps=steps, n=n, seed=seed, field=field, **options)
+    last = {g: r["orders"][-1] for g, r in per_grid.items()}
+    bad = [g for g, o in last.items()
+           if not (o >= order - tolerance and (o <= order + tolerance or (solver, g.split("(")[0]) in SUPERCONVERGENT))]
+    values = np.array(list(last.values()))
+    mean = float(values.mean())
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))) \
+        if len(values) > 1 else float("nan")
+    shown = ", ".join(f"{g} {o:.2f}" for g, o in last.items())
+    explanation = (f"{solver}: observed order {shown} at {steps[-2]}->{steps[-1]} steps (mean {mean:.2f} +- {half:.2f}, "
+                   f"95% over grids) vs registered {order:g} +- {tolerance:g}")
+    if bad:
+        explanation += f"; off on {', '.join(bad)}"
+    return CheckResult("solver_order", min(last.values()), order - tolerance, not bad, explanation,
+                       {"grids": per_grid, "orders": last, "mean": mean, "ci95": (mean - half, mean + half)})
+
+
+# --- Lipschitz constant of the sampling map -------------------------------------------------
+
+def sampling_map_jacobian_norms(process, field: Field, z: torch.Tensor, *, solver: str = "heun", steps: int = 64,
+                                grid: str = "karras", **options) -> torch.Tensor:
+    """Spectral norms of the Jacobian of the sampling map ``g(z) = solve(prior_std z)`` at each
+    row of ``z`` (z in standard-normal units, so that ``g`` pushes N(0, I) to the samples' law),
+    by autograd through the solve (``differentiable=True``), one backward pass per output
+    coordinate. Returns a float64 tensor of shape ``(n,)``."""
+    z = z.detach().to(torch.float64).requires_grad_(True)
+    flow = probability_flow(process, field)
+    with torch.enable_grad():
+        out = solve(flow, process.prior_std * z, make_grid(process, grid, steps), solver, differentiable=True,
+                    **options).x.reshape(z.shape[0], -1)
+        rows = [torch.autograd.grad(out[:, j].sum(), z, retain_graph=j + 1 < out.shape[1])[0].reshape(z.shape[0], -1)
+                for j in range(out.shape[1])]
+    jac = torch.stack(rows, 1)  # (n, out, in): samples are independent, so column sums are per-sample rows
+    return torch.linalg.matrix_norm(jac, ord=2)
+
+
+def lipschitz_lower_bound(process, law, *, directions: int = 8, seed: int = 0) -> tuple[float, np.ndarray, float]:
+    """The seed text's lower bound on the Lipschitz constant of any map pushing N(0, I) to the
+    marginal ``nu`` at t_min (its Theorem 1 corollary, Lip(g) >= Lip(T_OT) with
+    ``T_OT = F_nu^-1 o Phi`` in 1-D). For a d-dimensional law, ``u . g`` pushes N(0, I) to the
+    projection ``u#nu`` and ``Lip(u . g) <= Lip(g)``, so the largest 1-D bound over the unit
+    vectors ``u`` (the axes, then seeded random ones) bounds Lip(g). Returns (bound, the
+    direction, the z where the 1-D map is steepest)."""
+    best = (-1.0, None, 0.0)
+    for u in _directions(law.dim, directions if law.dim > 1 else 1, seed):
+        lip, z_star = references.ot_lipschitz_1d(references.marginal_1d(process, law, process.t_min,
+                                                                        u if law.dim > 1 else None))
+        if lip > best[0]:
+            best = (float(lip), u, float(z_star))
+    return best
+
+
+def _points_near(u: torch.Tensor, z_star: float, seed: int) -> torch.Tensor:
+    """Points where the sampling map is likely steepest: along u around z* (two zoom levels),
+    across a perpendicular direction in d > 1, and seeded normal draws."""
+    generator = torch.Generator().manual_seed(seed)
+    if not math.isfinite(z_star):  # steepest in the tails (a Gaussian): only the draws and the far tails
+        far = torch.tensor([-6.0, -4.0, 4.0, 6.0], dtype=torch.float64)[:, None] * u
+        return torch.cat([far, torch.randn(64, u.numel(), generator=generator, dtype=torch.float64)])
+    along = z_star + torch.cat([torch.linspace(-0.2, 0.2, 33), torch.linspace(-0.01, 0.01, 21)]).to(torch.float64)
+    pts = along[:, None] * u
+    if u.numel() > 1:
+        v = torch.randn(u.numel(), generator=generator, dtype=torch.float64)
+        v = v - (v @ u) * u
+        v = v / v.norm()
+        across = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64)
+        pts = (along[::3, None, None] * u + across[None, :, None] * v).reshape(-1, u.numel())
+    return torch.cat([pts, torch.randn(64, u.numel(), generator=generator, dtype=torch.float64)])
+
+
+def check_lipschitz_bound(process, law, *, field: Field | None = None, z: torch.Tensor | None = None,
+                          solver: str = "heun", steps: int = 64, directions: int = 8, seed: int = 0,
+                          rtol: float = 0.05, **options) -> CheckResult:
+    """The sampling map is at least as steep as the optimal-transport bound (the seed's Theorem 1
+    corollary): ``max_i ||J_g(z_i)|| >= Lip(T_OT) (1 - rtol)``.
+
+    ``g(z) = solve(prior_std z)`` with ``solver`` over ``steps`` Karras steps;
+    :func:`lipschitz_lower_bound` gives the bound. The sampled maximum is itself a lower
+    estimate of Lip(g), so the points matter: by default ``z`` holds points around the bound's
+    steepest point ``z* u`` (offsets up to 0.2 along u, and in d > 1 up to 2 along a second,
+    perpendicular direction) plus 64 seeded normal draws. In 1-D the flow map is the monotone
+    (optimal-transport) map, so the two agree: ``details["ratio"]`` is then about 1 (the
+    difference is the solver's error and the gap between p_{t_max} and the prior).
+    """
+    if _is_student_t(process):
+        raise ValueError("the bound concerns maps that push a Gaussian to the samples' law; under the PFGM++ kernel "
+                         "the marginal has Student-t tails, which no Lipschitz map of a Gaussian reaches (the bound is "
+                         f"infinite), and the prior itself is heavy-tailed; got {process!r}")
+    field = field or exact_field(process, law)
+    bound, u, z_star = lipschitz_lower_bound(process, law, directions=directions, seed=seed)
+    if z is None:
+        z = _points_near(torch.as_tensor(u, dtype=torch.float64), z_star, seed).reshape(-1, *law.event_shape)
+    norms = sampling_map_jacobian_norms(process, field, z, solver=solver, steps=steps, **options)
+    measured = float(norms.max())
+    ratio = measured / bound
+    passed = ratio >= 1 - rtol
+    return CheckResult("lipschitz_bound", measured, bound * (1 - rtol), passed,
+                       f"sampling map ({solver}, {steps} steps): max Jacobian norm {measured:.4g} over {z.shape[0]} points "
+                       f"vs the optimal-transport lower bound {bound:.4g} (ratio {ratio:.3f}, at least {1 - rtol:g})",
+                       {"bound": bound, "measured": measured, "ratio": ratio, "direction": np.asarray(u).tolist(),
+                        "z_star": z_star})
+
+
+# --- assert_* twins -------------------------------------------------------------------------
+
+assert_d_limit = _twin(check_d_limit)
+assert_d_limit_trajectory = _twin(check_d_limit_trajectory)
+assert_prior_convergence = _twin(check_prior_convergence)
+assert_perturb_marginal = _twin(check_perturb_marginal)
+assert_flow_map = _twin(check_flow_map)
+assert_marginal_pushforward = _twin(check_marginal_pushforward)
+assert_sde_ode_same_law = _twin(check_sde_ode_same_law)
+assert_sampler_law = _twin(check_sampler_law)
+assert_score_autograd = _twin(check_score_autograd)
+assert_field_conversions = _twin(check_field_conversions)
+assert_poisson_field_monte_carlo = _twin(check_poisson_field_monte_carlo)
+assert_solver_order = _twin(check_solver_order)
+assert_lipschitz_bound = _twin(check_lipschitz_bound)
