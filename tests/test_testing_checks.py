@@ -142,3 +142,63 @@ def test_checks_import_without_hypothesis_and_strategies_say_what_to_install():
 def test_fs_testing_is_reachable_from_the_package():
     assert fs.testing is ft
     assert ft.strategies.processes is ft.processes
+
+
+class _NanVelocity(_WrongEps):
+    def _evaluate(self, kind, x, t64, kwargs):
+        value = self.exact.evaluate(kind, x, t64)
+        return torch.full_like(value, float("nan")) if kind == "velocity" else value
+
+
+def test_non_finite_values_fail_rather_than_hide():
+    """NaN must never pass: non-finite samples in a KS check, a NaN quantity among the field
+    conversions, a NaN error at one D of the D-limit."""
+
+    def nan_rows(y, t, generator):
+        x = fs.VP().perturb(y, t, generator=generator)
+        x[:3] = float("nan")
+        return x
+
+    assert not ft.check_perturb_marginal(fs.VP(), GAUSS_1D, 0.5, perturb=nan_rows)
+    assert not ft.check_field_conversions(_NanVelocity(), X, 0.7)
+
+    def nan_at_one_D(x, sigma, D):
+        value = fs.exact_field(fs.PFGMPP(D=D), EMPIRICAL).poisson_field(x, sigma)
+        return value * float("nan") if D == 1e4 else value
+
+    assert not ft.check_d_limit(EMPIRICAL, X, 0.7, poisson_field=nan_at_one_D)
+
+
+def test_relative_errors_survive_a_zero_field():
+    """At a mode the score is 0 and at a centre of symmetry the Poisson field is 0: the checks
+    compare against the size of the formula's terms, not the (zero) value."""
+    law = fs.toy.Gaussian([0.5, -1.0], [[1.0, 0.0], [0.0, 0.5]])
+    mode = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    assert ft.check_score_autograd(fs.exact_field(fs.EDM(), law), mode, 1.0)
+    symmetric = fs.toy.Empirical([[1.0, 0.0], [-1.0, 0.0]])
+    centre = torch.zeros(1, 2, dtype=torch.float64)
+    assert ft.check_poisson_field_monte_carlo(fs.PFGMPP(D=4.0), symmetric, centre, 0.7)
+
+
+def test_a_users_log_prob_is_used_for_gaussian_data_too():
+    law = fs.toy.Gaussian([1.0], [[0.5]])
+    wrong = ft.prior_kl(fs.VE(), law, log_prob=lambda x, t: torch.full(x.shape[:1], 123.0, dtype=torch.float64))
+    assert wrong[0] > 100.0
+    assert not ft.check_prior_convergence([fs.VE(sigma_max=s) for s in (10.0, 50.0)], law,
+                                          log_prob=lambda x, t: torch.full(x.shape[:1], 123.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: ft.check_perturb_marginal(fs.VP(), GAUSS_1D, 0.5, alpha=0.0), r"alpha must lie in \(0, 1\)"),
+    (lambda: ft.check_perturb_marginal(fs.VP(), GAUSS_1D, 0.5, n=0), "n must be an integer >= 2"),
+    (lambda: ft.check_lipschitz_bound(fs.EDM(), GAUSS_1D, rtol=1.0), r"rtol must lie in \[0, 1\)"),
+    (lambda: ft.check_d_limit(EMPIRICAL, X, 0.7, tolerance=math.inf), "tolerance must be a finite number"),
+    (lambda: ft.check_solver_order("heun", grids=()), "grids must name at least one grid"),
+    (lambda: ft.check_sampler_law(fs.VP(), GAUSS_1D, "euler_maruyama", steps=10, nfe=10), "steps or nfe"),
+    (lambda: ft.check_prior_convergence([fs.VE(sigma_max=50.0), fs.VE(sigma_max=10.0)], GAUSS_1D),
+     "strictly growing sigma"),
+    (lambda: ft.check_marginal_pushforward(fs.EDM(), GAUSS_1D, 1.0, 1.0), "s must differ from t"),
+])
+def test_arguments_that_would_make_a_check_vacuous_are_refused(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
