@@ -149,16 +149,10 @@ def processes(kinds: Iterable[str] = PROCESS_KINDS, D: tuple[float, float] = (1.
 
 # -- toy laws -------------------------------------------------------------------------------
 def _weights(raw: list[float]) -> list[float]:
-    """``raw / sum(raw)``, nudged (rarely, by an ulp) to a fixed point of the laws' own
-    normalisation ``w / w.sum()``, so that the law keeps exactly these weights and its repr
-    rebuilds it exactly."""
-    w = torch.tensor(raw, dtype=torch.float64)
-    for _ in range(4):
-        w = w / w.sum()
-        if torch.equal(w / w.sum(), w):
-            return w.tolist()
-    head = (torch.round(w[:-1] * 2.0**40) / 2.0**40).tolist()  # multiples of 2^-40: every sum is exact
-    return head + [1.0 - math.fsum(head)]
+    """``raw / sum(raw)``: it sums to 1 within rounding, so the law keeps exactly these weights
+    (it renormalises only weights off by more than 1e-12) and its repr rebuilds it exactly."""
+    total = math.fsum(raw)
+    return [r / total for r in raw]
 
 
 def _rotated(variances: list[float], angles: list[float]) -> list[list[float]]:
