@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import special, stats
 
 from ..fields import Field
 from ..flows import probability_flow
@@ -806,9 +806,10 @@ def check_lipschitz_bound(process, law, *, field: Field | None = None, z: torch.
 
     ``g(z) = solve(prior_std z)`` with ``solver`` over ``steps`` Karras steps;
     :func:`lipschitz_lower_bound` gives the bound. The sampled maximum is itself a lower
-    estimate of Lip(g), so the points matter: by default ``z`` holds points around the bound's
-    steepest point ``z* u`` (offsets up to 0.2 along u, and in d > 1 up to 2 along a second,
-    perpendicular direction) plus 64 seeded normal draws. In 1-D the flow map is the monotone
+    estimate of Lip(g), so the points matter: by default ``z`` holds points around where the
+    bound's map is steepest, carried to the sampling map's own start (the quantile ``Phi(z*)`` of
+    ``u . x_t_max``, over prior_std; offsets up to 0.2 along u, and in d > 1 up to 2 along a
+    second, perpendicular direction) plus 64 seeded normal draws. In 1-D the flow map is the monotone
     (optimal-transport) map, so the two agree: ``details["ratio"]`` is then about 1 (the
     difference is the solver's error and the gap between p_{t_max} and the prior).
     """
@@ -820,7 +821,14 @@ def check_lipschitz_bound(process, law, *, field: Field | None = None, z: torch.
     field = field or exact_field(process, law)
     bound, u, z_star = lipschitz_lower_bound(process, law, directions=directions, seed=seed)
     if z is None:
-        z = _points_near(torch.as_tensor(u, dtype=torch.float64), z_star, seed).reshape(-1, *law.event_shape)
+        if math.isfinite(z_star):
+            # T_OT is steepest at z*, i.e. at the quantile Phi(z*) of nu; the sampling map starts
+            # from p_t_max, not N(0, 1), so that quantile sits at F_t_max^-1(Phi(z*)) / prior_std
+            at_t_max = references.marginal_1d(process, law, process.t_max, u if law.dim > 1 else None)
+            z_peak = float(at_t_max.ppf_log(np.array([special.log_ndtr(z_star)]))[0]) / process.prior_std
+        else:
+            z_peak = z_star
+        z = _points_near(torch.as_tensor(u, dtype=torch.float64), z_peak, seed).reshape(-1, *law.event_shape)
     norms = sampling_map_jacobian_norms(process, field, z, solver=solver, steps=steps, **options)
     measured = float(norms.max()) if bool(torch.isfinite(norms).all()) else math.nan  # NaN fails below
     ratio = measured / bound

@@ -140,11 +140,12 @@ def test_ode_solvers_converge_to_the_ot_map_at_their_order(law, solver):
 def test_sampling_map_is_at_least_as_steep_as_the_ot_bound(law, seed):
     """The seed's Theorem 1 corollary: any map g pushing N(0, I) to nu has Lip(g) >= Lip(T_OT),
     T_OT = F_nu^-1 o Phi; in 1-D the probability-flow sampling map is T_OT itself (up to the
-    solver's error and the gap between p_t_max and the prior), so the two are equal."""
-    result = ft.check_lipschitz_bound(fs.EDM(), law, steps=48, seed=seed)
+    solver's error and the gap between p_t_max and the prior), so the two are equal (RK4, 48
+    steps, resolves the map's slope to well within 1 %)."""
+    result = ft.check_lipschitz_bound(fs.EDM(), law, solver="rk4", steps=48, seed=seed)
     assert result, result
     if law.dim == 1:
-        assert abs(result.details["ratio"] - 1.0) < 0.02
+        assert abs(result.details["ratio"] - 1.0) < 0.01
 
 
 @given(separation=st.floats(1.0, 6.0), std=st.floats(0.05, 0.5), factor=st.floats(1.5, 4.0))
