@@ -10,6 +10,7 @@ from . import solvers, toy
 from .fields import Field
 from .flows import ProbabilityFlowODE, ReverseSDE, probability_flow, reverse_sde
 from .grids import available_grids, make_grid
+from .interop import to_torchsde
 from .processes import EDM, PFGMPP, SDE, VE, VP, Diffusion, LinearSDE, Poisson, Process, SubVP
 from .solvers import (ButcherTableau, FieldError, NoiseSource, PIDController, Solution, available_solvers,
                       register_solver, sample, solve)
@@ -31,4 +32,5 @@ __all__ = [
     "Field", "ExactField", "exact_field", "probability_flow", "reverse_sde", "ProbabilityFlowODE",
     "ReverseSDE", "toy", "solvers", "solve", "sample", "Solution", "FieldError", "PIDController",
     "available_solvers", "register_solver", "ButcherTableau", "NoiseSource", "available_grids", "make_grid",
+    "to_torchsde",
 ]
