@@ -7,12 +7,16 @@
    requested outside [t_min, t_max], and the max error against the exact end point
    (PFGM++ has no closed form: its reference is flowsolve's dopri5 at rtol 1e-10);
 2. the D -> infinity limit: the PFGM++ ODE drift against EDM's, per D.
-(The work-precision ``bench`` command comes with the benchmark harness.)
+
+``flowsolve solvers`` lists the registered solvers (name, category, order, NFE per step,
+options); ``flowsolve --version`` prints the version; ``python -m flowsolve`` is the same
+command. (The work-precision ``bench`` command comes with the benchmark harness.)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -99,9 +103,21 @@ def demo(n: int = 2000, seed: int = 0, out=sys.stdout) -> int:
     return 0
 
 
+def solvers(out=sys.stdout) -> int:
+    """One line per registered solver: name, category, order, NFE per step, options."""
+    table = fs.available_solvers()
+    print(f"{'solver':18s} {'category':22s} {'order':>5s} {'NFE/step':>8s}  options", file=out)
+    for name, info in table.items():
+        options = ", ".join(f"{k}={v!r}" for k, v in info["options"].items()) or "-"
+        print(f"{name:18s} {info['category']:22s} {info['order']:5g} {info['nfe_per_step']:8d}  {options}", file=out)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="flowsolve", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"flowsolve {fs.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("solvers", help="list the registered solvers: category, order, NFE per step, options")
     p_demo = sub.add_parser("demo", help="run the toolkit end to end and print what it measured")
     p_demo.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
     p_demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -110,6 +126,12 @@ def main(argv=None) -> int:
         if args.n < 2:
             parser.error(f"--n must be >= 2, got {args.n}")
         return demo(n=args.n, seed=args.seed)
+    try:
+        if args.command == "solvers":
+            return solvers()
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     return 2
 
 

@@ -33,3 +33,27 @@ def test_main_rejects_bad_sample_count(capsys):
         cli.main(["demo", "--n", "1"])
     assert "--n must be >= 2" in capsys.readouterr().err
 
+
+
+def test_solvers_lists_every_registered_solver_with_its_order_and_cost():
+    import flowsolve as fs
+
+    out = io.StringIO()
+    assert cli.solvers(out=out) == 0
+    lines = out.getvalue().splitlines()[1:]
+    table = fs.available_solvers()
+    assert [line.split()[0] for line in lines] == list(table)
+    heun = next(line for line in lines if line.startswith("heun "))
+    assert "fixed-step ODE" in heun and re.search(r"\b2\s+2\b", heun)
+
+
+def test_version_and_python_dash_m():
+    import subprocess
+    import sys
+
+    import flowsolve as fs
+
+    out = subprocess.run([sys.executable, "-m", "flowsolve", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"flowsolve {fs.__version__}"
+    out = subprocess.run([sys.executable, "-m", "flowsolve", "nonsense"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "invalid choice" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,7 @@
+"""``python -m flowsolve``: the ``flowsolve`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
