@@ -241,10 +241,11 @@ def speed(args):
                     t_old = median_time(lambda: old.denoiser(x, sigma), args.old_repeats)
                     e_old = errors(old, law, x, sigma, refs)
                     row += f"{1e3 * t_old:8.1f} {t_old / t_new:7.0f}x "
-                else:
-                    e_old = (math.nan, math.nan)
+                    old_errors = f"{e_old[0]:8.1e} {e_old[1]:8.1e}"
+                else:  # not measured: say so, rather than print NaN as if it had been
                     row += f"{'-':>8s} {'-':>8s} "
-                print(row + f"{e_new[0]:8.1e} {e_new[1]:8.1e} {e_old[0]:8.1e} {e_old[1]:8.1e}", flush=True)
+                    old_errors = f"{'-':>8s} {'-':>8s}"
+                print(row + f"{e_new[0]:8.1e} {e_new[1]:8.1e} {old_errors}", flush=True)
     print(f"PFGM++/Gaussian time ratio: median {statistics.median(ratios):.1f}x, max {max(ratios):.1f}x")
 
 
