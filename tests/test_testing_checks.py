@@ -189,10 +189,10 @@ def test_a_users_log_prob_is_used_for_gaussian_data_too():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: ft.check_perturb_marginal(fs.VP(), GAUSS_1D, 0.5, alpha=0.0), r"alpha must lie in \(0, 1\)"),
-    (lambda: ft.check_perturb_marginal(fs.VP(), GAUSS_1D, 0.5, n=0), "n must be an integer >= 2"),
-    (lambda: ft.check_lipschitz_bound(fs.EDM(), GAUSS_1D, rtol=1.0), r"rtol must lie in \[0, 1\)"),
-    (lambda: ft.check_d_limit(EMPIRICAL, X, 0.7, tolerance=math.inf), "tolerance must be a finite number"),
+    (lambda: ft.check_perturb_marginal(fs.VP(), GAUSS_1D, 0.5, alpha=0.0), r"alpha must be a finite real number in \(0, 1\)"),
+    (lambda: ft.check_perturb_marginal(fs.VP(), GAUSS_1D, 0.5, n=0), r"n must be an integer in \[2, inf\)"),
+    (lambda: ft.check_lipschitz_bound(fs.EDM(), GAUSS_1D, rtol=1.0), r"rtol must be a finite real number in \[0, 1\)"),
+    (lambda: ft.check_d_limit(EMPIRICAL, X, 0.7, tolerance=math.inf), "tolerance must be a finite real number > 0"),
     (lambda: ft.check_solver_order("heun", grids=()), "grids must name at least one grid"),
     (lambda: ft.check_sampler_law(fs.VP(), GAUSS_1D, "euler_maruyama", steps=10, nfe=10), "steps or nfe"),
     (lambda: ft.check_prior_convergence([fs.VE(sigma_max=50.0), fs.VE(sigma_max=10.0)], GAUSS_1D),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy import special, stats
 
+from .._validation import check_int, check_positive, check_real
 from ..fields import Field
 from ..flows import probability_flow
 from ..grids import make_grid
@@ -65,26 +66,6 @@ def _is_student_t(process) -> bool:
     return isinstance(process.kernel, StudentTKernel)
 
 
-def _check_positive(name: str, value, allow_zero: bool = False) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return value
-
-
-def _check_fraction(name: str, value, allow_zero: bool = False) -> float:
-    value = float(value)
-    if not (0.0 <= value < 1.0 if allow_zero else 0.0 < value < 1.0):
-        raise ValueError(f"{name} must lie in {'[0, 1)' if allow_zero else '(0, 1)'}, got {value!r}")
-    return value
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_time(process, name: str, t) -> float:
     t = float(t)
     if not process.t_min <= t <= process.t_max:
@@ -112,7 +93,7 @@ def _decay_rate(Ds, errors, floor: float = 1e-12) -> tuple[float, bool]:
 def _directions(dim: int, count: int, seed: int) -> np.ndarray:
     """The coordinate axes first, then seeded random unit vectors: ``count`` rows of length dim
     (in 1-D the one direction there is)."""
-    count = _check_count("directions", count, 1)
+    count = check_int("directions", count, 1)
     if dim == 1:
         return np.ones((1, 1))
     rows = list(np.eye(dim))[:count]
@@ -190,9 +171,9 @@ def check_d_limit(data, x: torch.Tensor, sigma: float, *, Ds: Sequence[float] = 
     the toy law ``data``); ``score(x, sigma)`` the Gaussian-kernel score (default: the exact EDM
     field of ``data``).
     """
-    sigma = _check_positive("sigma", sigma)
+    sigma = check_positive("sigma", sigma)
     Ds = _check_Ds(Ds)
-    tolerance, min_rate = _check_positive("tolerance", tolerance), _check_positive("min_rate", min_rate)
+    tolerance, min_rate = check_positive("tolerance", tolerance), check_positive("min_rate", min_rate)
     x = x.detach().to(torch.float64)
     if poisson_field is None:
         def poisson_field(x, sigma, D):
@@ -234,7 +215,7 @@ def check_d_limit_trajectory(data, x_init: torch.Tensor, *, Ds: Sequence[float] 
     ``field_for(process)`` builds the field (default ``fs.exact_field(process, data)``).
     """
     Ds = _check_Ds(Ds)
-    tolerance, min_rate = _check_positive("tolerance", tolerance), _check_positive("min_rate", min_rate)
+    tolerance, min_rate = check_positive("tolerance", tolerance), check_positive("min_rate", min_rate)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
     x_init = x_init.detach().to(torch.float64)
@@ -267,7 +248,7 @@ def prior_kl(process, law, *, n: int = 4096, seed: int = 0, log_prob: Callable |
     the noise that dominates the variance), and the standard error of the pair means.
     ``log_prob(x, t)`` defaults to flowsolve's exact field of ``law``.
     """
-    n = _check_count("n", n, 4) // 2
+    n = check_int("n", n, 4) // 2
     if log_prob is None and not _is_student_t(process) and isinstance(law, GaussianMixture) and law.n_components == 1:
         return references.prior_kl(process, law), 0.0
     log_prob = log_prob or exact_field(process, law).log_prob
@@ -305,8 +286,8 @@ def check_prior_convergence(processes: Sequence, law, *, tolerance: float = 1e-2
     sigmas = [float(p.sigma(p.t_max)) for p in processes]
     if sorted(set(sigmas)) != sigmas:
         raise ValueError(f"processes must have strictly growing sigma(t_max), got {sigmas}")
-    tolerance = _check_positive("tolerance", tolerance)
-    rate_tolerance = _check_positive("rate_tolerance", rate_tolerance)
+    tolerance = check_positive("tolerance", tolerance)
+    rate_tolerance = check_positive("rate_tolerance", rate_tolerance)
     # independent draws per process, so that the standard errors of successive estimates add
     kls, ses = zip(*(prior_kl(p, law, n=n, seed=seed + i, log_prob=log_prob) for i, p in enumerate(processes)))
     monotone = all(b <= a + 3 * math.hypot(sa, sb) for a, b, sa, sb in zip(kls, kls[1:], ses, ses[1:]))
@@ -340,7 +321,7 @@ def check_perturb_marginal(process, law, t, *, n: int = 2000, directions: int = 
     probability at most ``alpha``.
     """
     t = _check_time(process, "t", t)
-    n, alpha = _check_count("n", n, 2), _check_fraction("alpha", alpha)
+    n, alpha = check_int("n", n, 2), check_real("alpha", alpha, 0.0, 1.0, strict_min=True, strict_max=True)
     perturb = perturb or process.perturb
     generator = torch.Generator().manual_seed(seed)
     x = perturb(law.sample(n, generator=generator, dtype=torch.float64), t, generator=generator)
@@ -376,8 +357,8 @@ def check_flow_map(process, law, t, s, *, field: Field | None = None, x: torch.T
     t, s = _check_time(process, "t", t), _check_time(process, "s", s)
     if t == s:
         raise ValueError(f"t and s must differ (got t = s = {t!r}): the map from t to itself is the identity")
-    tolerance = _check_positive("tolerance", tolerance)
-    x = _marginal_draw(process, law, _check_count("n", n, 1), t, seed) if x is None else x
+    tolerance = check_positive("tolerance", tolerance)
+    x = _marginal_draw(process, law, check_int("n", n, 1), t, seed) if x is None else x
     exact = _exact_map(process, law, x, t, s)
     flow = probability_flow(process, field or exact_field(process, law))
     if get_solver(solver).adaptive:
@@ -403,7 +384,7 @@ def check_marginal_pushforward(process, law, t, s, *, field: Field | None = None
     t, s = _check_time(process, "t", t), _check_time(process, "s", s)
     if t == s:
         raise ValueError(f"s must differ from t (got t = s = {t!r})")
-    n, alpha = _check_count("n", n, 2), _check_fraction("alpha", alpha)
+    n, alpha = check_int("n", n, 2), check_real("alpha", alpha, 0.0, 1.0, strict_min=True, strict_max=True)
     flow = probability_flow(process, field or exact_field(process, law))
     tolerances = dict(rtol=rtol, atol=atol) if get_solver(solver).adaptive else {}
     x = solve(flow, _marginal_draw(process, law, n, t, seed), (t, s), solver, **tolerances, **options).x
@@ -423,7 +404,7 @@ def check_sde_ode_same_law(process, law, *, field: Field | None = None, n: int =
     discretised SDE carries a bias that a large ``n`` will detect, so pick ``sde_steps`` to
     match ``n``. Both run in float64 on ``device``.
     """
-    n, alpha = _check_count("n", n, 2), _check_fraction("alpha", alpha)
+    n, alpha = check_int("n", n, 2), check_real("alpha", alpha, 0.0, 1.0, strict_min=True, strict_max=True)
     field = field or exact_field(process, law)
     common = dict(shape=law.event_shape, dtype=torch.float64, device=device)
     sde = sample(process, field, n, sde_solver, steps=sde_steps, seed=seed, **common, **sde_options).x
@@ -476,9 +457,9 @@ def check_sampler_law(process, law, solver: str, *, field: Field | None = None, 
     this n). This is how the bias of a rule such as score_sde's per-sample Langevin step size
     shows.
     """
-    z_max = _check_positive("z_max", z_max)
-    covariance_tolerance = _check_positive("covariance_tolerance", covariance_tolerance, allow_zero=True)
-    n = _check_count("n", n, 2)
+    z_max = check_positive("z_max", z_max)
+    covariance_tolerance = check_real("covariance_tolerance", covariance_tolerance, 0.0)
+    n = check_int("n", n, 2)
     if steps is not None and nfe is not None:
         raise ValueError(f"give steps or nfe, not both (got steps={steps!r}, nfe={nfe!r})")
     field = field or exact_field(process, law)
@@ -525,7 +506,7 @@ def check_score_autograd(field: Field, x: torch.Tensor, t, *, log_prob: Callable
     with the gradient taken by autograd of ``log_prob(x, t)`` (default ``field.log_prob``, which
     flowsolve's exact fields have). Measures the largest difference relative to the size of the
     terms of ``(s D - x)/(s^2 sigma^2)`` (the score can be 0, at a mode); passes below ``rtol``."""
-    rtol = _check_positive("rtol", rtol)
+    rtol = check_positive("rtol", rtol)
     log_prob = log_prob or getattr(field, "log_prob", None)
     if log_prob is None:
         raise ValueError("log_prob is required: this field has no log_prob(x, t)")
@@ -630,7 +611,7 @@ def check_poisson_field_monte_carlo(process, data, x: torch.Tensor, t, *, field:
     if isinstance(data, Empirical):
         y, logp = data.points.to(xhat.device), torch.log(data.weights).to(xhat.device)
     else:
-        n = _check_count("n", n, 2)
+        n = check_int("n", n, 2)
         y = data.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
                         device=xhat.device).reshape(n, -1)
         logp = torch.full((n,), -math.log(n), dtype=torch.float64, device=xhat.device)
@@ -686,7 +667,7 @@ def observed_orders(solver: str, process, law, *, grids: Sequence = DEFAULT_ORDE
         raise ValueError(f"steps must be at least two increasing step counts >= 2, got {steps!r}")
     if not grids:
         raise ValueError("grids must name at least one grid")
-    x = _prior_draw(process, law, _check_count("n", n, 1), seed)
+    x = _prior_draw(process, law, check_int("n", n, 1), seed)
     exact = _exact_map(process, law, x, process.t_max, process.t_min).to(torch.float64)
     flow = probability_flow(process, field or exact_field(process, law))
     result = {}
@@ -768,7 +749,7 @@ def lipschitz_lower_bound(process, law, *, directions: int = 8, seed: int = 0) -
     projection ``u#nu`` and ``Lip(u . g) <= Lip(g)``, so the largest 1-D bound over the unit
     vectors ``u`` (the axes, then seeded random ones) bounds Lip(g). Returns (bound, the
     direction, the z where the 1-D map is steepest)."""
-    directions = _check_count("directions", directions, 1)
+    directions = check_int("directions", directions, 1)
     best = (-1.0, None, 0.0)
     for u in _directions(law.dim, directions if law.dim > 1 else 1, seed):
         lip, z_star = references.ot_lipschitz_1d(references.marginal_1d(process, law, process.t_min,
@@ -817,7 +798,7 @@ def check_lipschitz_bound(process, law, *, field: Field | None = None, z: torch.
         raise ValueError("the bound concerns maps that push a Gaussian to the samples' law; under the PFGM++ kernel "
                          "the marginal has Student-t tails, which no Lipschitz map of a Gaussian reaches (the bound is "
                          f"infinite), and the prior itself is heavy-tailed; got {process!r}")
-    rtol = _check_fraction("rtol", rtol, allow_zero=True)
+    rtol = check_real("rtol", rtol, 0.0, 1.0, strict_max=True)
     field = field or exact_field(process, law)
     bound, u, z_star = lipschitz_lower_bound(process, law, directions=directions, seed=seed)
     if z is None:
