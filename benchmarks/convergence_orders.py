@@ -17,13 +17,7 @@ import math
 import torch
 
 import flowsolve as fs
-
-
-def exact_end(process, data, x_init):
-    mu, lam, q = data.means[0], data.eigvals[0], data.eigvecs[0]
-    s0, s1 = float(process.scale(process.t_max)), float(process.scale(process.t_min))
-    g = torch.sqrt((lam + process.sigma_min**2) / (lam + process.sigma_max**2))
-    return s1 * (mu + ((x_init / s0 - mu) @ q * g) @ q.T)
+from flowsolve.testing.references import gaussian_flow_map
 
 
 def main(argv=None):
@@ -47,7 +41,7 @@ def main(argv=None):
         flow = fs.probability_flow(proc, field)
         x_init = proc.prior_std * fs.NoiseSource(0, 16, 2, dtype=torch.float64).kernel_noise(proc.kernel)
         if proc.kernel.name == "gaussian":
-            ref = exact_end(proc, data, x_init)
+            ref = gaussian_flow_map(proc, data, x_init, proc.t_max, proc.t_min)
         else:
             ref = fs.solve(flow, x_init, (proc.t_max, proc.t_min), "dopri5", rtol=1e-11, atol=1e-11).x
         for sname, info in solvers.items():
