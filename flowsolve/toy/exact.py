@@ -13,6 +13,7 @@ schedules in float64; results in x's dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -507,25 +508,21 @@ def _solve_expm1_minus(r: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
     return s
 
 
-_STEP_TABLES: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _step_table(tol: float) -> np.ndarray:
     """Rows ``(log kappa, log h)``: the trapezoid step whose error on the log-gamma law
     ``e^(kappa (t - e^t))``, ``2 |Gamma(kappa - 2 pi i/h)| / Gamma(kappa)``, is ``tol`` (less 1 %)."""
-    if tol not in _STEP_TABLES:
-        def log_err(log_kappa, h):
-            k, w = math.exp(log_kappa), 2.0 * math.pi / h
-            if k < 10.0:
-                return math.log(2.0) + loggamma(k - 1j * w).real - gammaln(k)
-            x = w / k  # Stirling, with its large terms cancelled by hand (kappa up to 1e18)
-            return (math.log(2.0) + 0.5 * (k - 0.5) * math.log1p(x * x) - w * math.atan(x)
-                    + k / (12.0 * (k * k + w * w)) - 1.0 / (12.0 * k))
+    def log_err(log_kappa, h):
+        k, w = math.exp(log_kappa), 2.0 * math.pi / h
+        if k < 10.0:
+            return math.log(2.0) + loggamma(k - 1j * w).real - gammaln(k)
+        x = w / k  # Stirling, with its large terms cancelled by hand (kappa up to 1e18)
+        return (math.log(2.0) + 0.5 * (k - 0.5) * math.log1p(x * x) - w * math.atan(x)
+                + k / (12.0 * (k * k + w * w)) - 1.0 / (12.0 * k))
 
-        grid = np.linspace(math.log(1e-3), math.log(1e18), 321)
-        steps = [math.log(0.99 * brentq(lambda h: log_err(g, h) - math.log(tol), 1e-12, 3.0)) for g in grid]
-        _STEP_TABLES[tol] = np.stack([grid, np.asarray(steps)])
-    return _STEP_TABLES[tol]
+    grid = np.linspace(math.log(1e-3), math.log(1e18), 321)
+    steps = [math.log(0.99 * brentq(lambda h: log_err(g, h) - math.log(tol), 1e-12, 3.0)) for g in grid]
+    return np.stack([grid, np.asarray(steps)])
 
 
 def _interp_step(table: torch.Tensor, log_kappa: torch.Tensor) -> torch.Tensor:
