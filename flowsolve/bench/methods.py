@@ -1,0 +1,245 @@
+"""What the bench runs: a *method* is flowsolve's solver on a grid, or a peer library's solver
+behind an adapter, asked to carry the same start points with the same budget.
+
+Every method answers one :class:`Task` with one :class:`Run`. A peer's NFE is counted by
+wrapping the flow it is given (:class:`CountingFlow`), never read from the peer's own report.
+
+Method names: a flowsolve solver (``"heun"``), optionally on a named grid (``"heun@log_sigma"``,
+``"dpmpp_2m@karras:rho=3"``... see :func:`method`); a peer as ``"library.solver"``
+(``"torchdiffeq.rk4"``, ``"torchsde.euler"``; ``flowsolve.bench.peers``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import solvers as _solvers
+from .._validation import unknown_choice
+from ..grids import available_grids
+
+BUDGET_KINDS = ("nfe", "rtol")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Carry ``x_init`` (float64, shape ``(n, *event_shape)``, drawn at ``process.t_max``) to
+    ``process.t_min`` along ``process``'s probability-flow ODE (``kind == "ode"`` methods) or
+    reverse SDE (``"sde"``) of ``field``. Budget: ``budget_kind == "nfe"``: at most ``budget``
+    field evaluations per sample (fixed-step methods); ``"rtol"``: relative tolerance
+    ``budget`` with ``atol = atol_factor * budget`` (adaptive methods). ``seed`` drives a
+    stochastic method's noise."""
+
+    process: object
+    field: object
+    x_init: torch.Tensor
+    budget_kind: str
+    budget: float
+    seed: int = 0
+    atol_factor: float = 1e-2
+
+
+@dataclass
+class Run:
+    """What a method returned. Per sample (length n): ``x`` the end points (float64; a failed
+    sample's last state), ``nfe`` field evaluations, ``n_steps`` steps taken, ``n_rejected``
+    rejected steps, ``failed`` did not reach ``t_min``. ``message``: why samples failed, or
+    notes ("" when none)."""
+
+    x: torch.Tensor
+    nfe: torch.Tensor
+    n_steps: torch.Tensor
+    n_rejected: torch.Tensor
+    failed: torch.Tensor
+    message: str = ""
+    extras: dict = field(default_factory=dict)
+
+
+class Method:
+    """A solver the bench can run. Subclasses set the attributes and implement :meth:`run`.
+
+    ``name``: the name users type; ``library``: "flowsolve" or the peer's package; ``kind``:
+    "ode" or "sde"; ``adaptive``: budgets are tolerances (True) or NFE (False); ``order``: the
+    nominal order (None if unknown); ``description``: one line."""
+
+    name: str = ""
+    library: str = "flowsolve"
+    kind: str = "ode"
+    adaptive: bool = False
+    order: float | None = None
+    description: str = ""
+
+    @property
+    def budget_kind(self) -> str:
+        return "rtol" if self.adaptive else "nfe"
+
+    @property
+    def is_peer(self) -> bool:
+        return self.library != "flowsolve"
+
+    def unavailable(self) -> str | None:
+        """Why this method cannot run at all here (its library is not installed), else None."""
+        return None
+
+    def unsupported(self, process) -> str | None:
+        """Why this method cannot run on ``process`` (e.g. an SDE method on a Poisson flow, a
+        scheduler that only expresses EDM), else None."""
+        if self.kind == "sde" and process.kernel.name != "gaussian":
+            return f"{self.name} samples a reverse SDE; {process!r} has no forward SDE"
+        return None
+
+    def min_budget(self) -> int:
+        """The smallest NFE budget this fixed-step method can spend (one step)."""
+        return 1
+
+    def run(self, task: Task) -> Run:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        """The version of the library that runs this method."""
+        from importlib.metadata import version
+        return version(self.library)
+
+    def __repr__(self):
+        return f"<method {self.name} ({self.library}, {'adaptive' if self.adaptive else 'fixed-step'} {self.kind})>"
+
+
+class CountingFlow:
+    """``flow`` with its evaluations counted: per sample, every call of ``drift`` adds one to
+    each row it evaluates (``nfe``, int64, length n); ``calls`` counts batch calls. ``t`` seen
+    outside ``[t_min, t_max]`` is counted in ``outside`` (the field then refuses it)."""
+
+    def __init__(self, flow, n: int, device=None):
+        self.flow = flow
+        self.process = flow.process
+        self.t_min, self.t_max = flow.process.t_min, flow.process.t_max
+        self.nfe = torch.zeros(n, dtype=torch.long, device=device)
+        self.calls = 0
+        self.outside = 0
+
+    def drift(self, x, t, rows=None, **kwargs):
+        """``rows`` (optional index or mask) says which samples ``x`` holds when a peer
+        evaluates only some of them; by default all n."""
+        self.calls += 1
+        tt = torch.as_tensor(t, dtype=torch.float64)
+        slack = 1e-12 * max(1.0, abs(self.t_max))
+        if bool(((tt < self.t_min - slack) | (tt > self.t_max + slack)).any()):
+            self.outside += 1
+        if rows is None:
+            self.nfe += 1
+        else:
+            self.nfe[rows] += 1
+        return self.flow.drift(x, t, **kwargs)
+
+    def diffusion(self, t):
+        return self.flow.diffusion(t)
+
+    def __getattr__(self, name):  # everything else (diffusion_like, drift_from_score...) as the flow's
+        return getattr(self.flow, name)
+
+
+def failed_run(x: torch.Tensor, nfe: torch.Tensor, message: str) -> Run:
+    """The Run of a method that stopped for the whole batch (a peer's exception): every sample
+    failed where it started, with the evaluations already spent."""
+    n = x.shape[0]
+    zeros = torch.zeros(n, dtype=torch.long, device=x.device)
+    return Run(x=x.clone(), nfe=nfe.clone(), n_steps=zeros, n_rejected=zeros.clone(),
+               failed=torch.ones(n, dtype=torch.bool, device=x.device), message=message)
+
+
+class FlowsolveMethod(Method):
+    """flowsolve's solver ``solver`` through :func:`flowsolve.sample`, on ``grid`` (fixed-step:
+    the solver's default grid when None; ``grid_options`` e.g. ``{"rho": 3}``)."""
+
+    library = "flowsolve"
+
+    def __init__(self, solver: str, grid: str | None = None, grid_options: dict | None = None,
+                 options: dict | None = None, name: str | None = None):
+        info = _solvers.registry.get_solver(solver)
+        if info.adaptive and grid is not None:
+            raise ValueError(f"method {solver}@{grid}: {solver!r} is adaptive and takes no grid")
+        self.solver, self.info = solver, info
+        self.grid, self.grid_options, self.options = grid, dict(grid_options or {}), dict(options or {})
+        info.check_options(self.options)
+        self.name = name or solver
+        self.kind, self.adaptive, self.order = info.kind, info.adaptive, info.order
+        self.description = info.description
+
+    def version(self) -> str:
+        from .. import __version__
+        return __version__
+
+    def min_budget(self) -> int:
+        steps = 1
+        while self.info.max_steps_within(steps * self.info.nfe_per_step_for(self.options), self.options) < 1:
+            steps += 1
+        return steps * self.info.nfe_per_step_for(self.options)
+
+    def run(self, task: Task) -> Run:
+        import flowsolve as fs
+        x0 = task.x_init
+        common = dict(x_init=x0, dtype=x0.dtype, **self.options)
+        if task.budget_kind == "rtol":
+            sol = fs.sample(task.process, task.field, x0.shape[0], self.solver, rtol=task.budget,
+                            atol=task.atol_factor * task.budget, **common,
+                            **({"seed": task.seed} if self.kind == "sde" else {}))
+        else:
+            grid_kw = {} if self.grid is None else {"grid": self.grid}
+            if "rho" in self.grid_options:
+                grid_kw["rho"] = self.grid_options["rho"]
+            sol = fs.sample(task.process, task.field, x0.shape[0], self.solver, nfe=int(task.budget), **grid_kw,
+                            **common, **({"seed": task.seed} if self.kind == "sde" else {}))
+        return Run(x=sol.x, nfe=sol.nfe, n_steps=sol.n_steps, n_rejected=sol.n_rejected, failed=sol.failed,
+                   message=sol.message)
+
+
+def _peer_table() -> dict:
+    from .peers import PEERS  # noqa: PLC0415 -- peers import their libraries lazily
+    return PEERS
+
+
+def method_names(include_peers: bool = True) -> list[str]:
+    """Every name :func:`method` accepts (grid suffixes aside)."""
+    names = sorted(_solvers.available_solvers())
+    return names + (sorted(_peer_table()) if include_peers else [])
+
+
+def method(name) -> Method:
+    """The method called ``name`` (a :class:`Method` passes through).
+
+    ``"solver"`` or ``"solver@grid"`` (a flowsolve solver on a grid of ``fs.available_grids()``,
+    with options after colons: ``"heun@karras:rho=3"``); ``"library.solver"`` for a peer
+    (``flowsolve.bench.peers.PEERS``). An unknown name is refused with the closest names."""
+    if isinstance(name, Method):
+        return name
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a method is a name such as 'heun', 'heun@log_sigma' or 'torchdiffeq.rk4', got {name!r}")
+    if "." in name.split("@")[0]:
+        peers = _peer_table()
+        if name not in peers:
+            raise unknown_choice("method", name, sorted(peers))
+        return peers[name]
+    solver, _, grid_part = name.partition("@")
+    known = _solvers.available_solvers()
+    if solver not in known:
+        close = difflib.get_close_matches(solver, list(known) + list(_peer_table()), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown method {name!r}: not a flowsolve solver (flowsolve solvers) nor a peer "
+                         f"(library.solver){hint}")
+    if not grid_part:
+        return FlowsolveMethod(solver)
+    grid, *opts = grid_part.split(":")
+    if grid not in available_grids() or grid == "explicit":
+        raise unknown_choice(f"grid in method {name!r}", grid, [g for g in available_grids() if g != "explicit"])
+    grid_options = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if not eq or key != "rho":
+            raise ValueError(f"method {name!r}: grid options are written ':rho=VALUE', got {opt!r}")
+        try:
+            grid_options[key] = float(value)
+        except ValueError:
+            raise ValueError(f"method {name!r}: rho must be a number, got {value!r}") from None
+    return FlowsolveMethod(solver, grid, grid_options, name=name)
