@@ -1,6 +1,12 @@
 """The ``flowsolve`` command.
 
-``flowsolve demo`` runs the toolkit end to end and prints what it measured:
+``flowsolve bench`` measures error against NFE: with no arguments, on the embedded default
+suite; else on the named problems (``flowsolve problems`` lists them) or problem files. It
+prints the table and writes CSV, JSON and one PNG per problem (``--out``, default
+``./flowsolve-results``). ``flowsolve sample PROBLEM`` draws samples of a problem with one
+solver and saves them (.npy or .pt), with a scatter or histogram PNG for 1-D and 2-D data.
+
+``flowsolve demo`` is a fast tour of the toolkit, printing what it measured:
 1. samples carried from each process's prior to t_min along the exact probability-flow ODE
    of Gaussian data, whose end point is known in closed form, by torchdiffeq's dopri5 (a
    peer library) and by flowsolve's dopri5, dpmpp_3m and heun: NFE, field evaluations
@@ -10,7 +16,7 @@
 
 ``flowsolve solvers`` lists the registered solvers (name, category, order, NFE per step,
 options); ``flowsolve --version`` prints the version; ``python -m flowsolve`` is the same
-command. (The work-precision ``bench`` command comes with the benchmark harness.)
+command. Every user error is one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -104,26 +110,172 @@ def solvers(out=sys.stdout) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="flowsolve", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"flowsolve {fs.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("solvers", help="list the registered solvers: category, order, NFE per step, options")
-    p_demo = sub.add_parser("demo", help="run the toolkit end to end and print what it measured")
-    p_demo.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
-    p_demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.n < 2:
-            parser.error(f"--n must be >= 2, got {args.n}")
-        return demo(n=args.n, seed=args.seed)
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line on stderr (no usage block)."""
+
+    def error(self, message):
+        raise _UserError(f"{message} (see {self.prog} --help)")
+
+
+class _UserError(Exception):
+    """A mistake of the user's: printed as one line, exit code 2."""
+
+
+def _csv_list(kind, name):
+    def parse(text):
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{name} needs a comma-separated list, got {text!r}")
+        try:
+            return [kind(item) for item in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a comma-separated list of {kind.__name__}s, "
+                                             f"got {text!r}") from None
+    return parse
+
+
+def bench(problems=None, solvers=None, nfe=None, rtol=None, seeds=(0,), workers=1, out="flowsolve-results",
+          resume=True, plot=True, cache=None, stream=None) -> int:
+    """Run the sweep, print the table, write CSV/JSON/PNG into ``out``."""
+    stream = stream or sys.stdout
+    from flowsolve.bench import report
+    from flowsolve.bench.harness import DEFAULT_SUITE, work_precision
+    from flowsolve.bench.methods import method
+    for name in solvers or ():  # named on the command line: a missing peer is an error, not a skip
+        reason = method(name).unavailable()
+        if reason:
+            raise _UserError(f"method {name!r} cannot run: {reason}")
+    if not problems:
+        problems = DEFAULT_SUITE["problems"]
+        solvers = solvers or DEFAULT_SUITE["methods"]
+        nfe = nfe or DEFAULT_SUITE["nfe"]
+        rtol = rtol or DEFAULT_SUITE["rtol"]
+    start = time.perf_counter()
+    results = work_precision(problems, solvers, nfe=nfe, rtol=rtol, seeds=seeds, workers=workers, out=out,
+                             cache_dir=cache, resume=resume)
+    print(report.format_table(results, color=stream.isatty() if hasattr(stream, "isatty") else False), file=stream)
+    written = report.write_all(results, out) if plot else report.write_all(results, out, plots=False)
+    print(f"\n{len(results.records)} cells in {time.perf_counter() - start:.1f} s; wrote "
+          f"{', '.join(str(p) for p in written)}", file=stream)
+    return 0
+
+
+def problems(stream=None) -> int:
+    """One line per builtin problem."""
+    stream = stream or sys.stdout
+    from flowsolve.bench.problems import builtin_problems, load_problem
+    for name in builtin_problems():
+        print(str(load_problem(name)), file=stream)
+    return 0
+
+
+def sample(problem, solver, nfe=None, rtol=None, n=None, seed=0, out="samples.npy", stream=None) -> int:
+    """Samples of ``problem`` by ``solver`` saved to ``out`` (.npy or .pt); a PNG beside it for 1-D/2-D data."""
+    stream = stream or sys.stdout
+    import pathlib
+
+    from flowsolve.bench.methods import Task, method
+    from flowsolve.bench.problems import load_problem
+    from flowsolve.bench.report import plot_samples
+    prob = load_problem(problem)
+    m = method(solver)
+    reason = m.unavailable() or m.unsupported(prob.process)
+    if reason:
+        raise _UserError(f"cannot run {m.name} on {prob.name}: {reason}")
+    if m.adaptive and nfe is not None:
+        raise _UserError(f"{m.name} is adaptive: give --rtol, not --nfe")
+    if not m.adaptive and rtol is not None:
+        raise _UserError(f"{m.name} is fixed-step: give --nfe, not --rtol")
+    budget = (rtol if rtol is not None else 1e-5) if m.adaptive else (nfe if nfe is not None else 20)
+    path = pathlib.Path(out)
+    if path.suffix not in (".npy", ".pt"):
+        raise _UserError(f"--out must end in .npy or .pt, got {out!r}")
+    x0 = prob.x_init(seed, n)
+    start = time.perf_counter()
+    run = m.run(Task(prob.process, prob.field, x0, m.budget_kind, budget, seed))
+    seconds = time.perf_counter() - start
+    x = run.x.detach().cpu()
     try:
-        if args.command == "solvers":
-            return solvers()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".npy":
+            import numpy as np
+            np.save(path, x.numpy())
+        else:
+            torch.save(x, path)
+    except OSError as err:
+        raise _UserError(f"cannot write {out!r}: {err.strerror or err}") from None
+    picture = plot_samples(x, prob, path.with_suffix(".png"), title=f"{prob.name}: {m.name}, "
+                           f"{m.budget_kind} {budget:g}") if prob.dim <= 2 else None
+    print(f"{prob.name}: {x.shape[0]} samples by {m.name} ({m.budget_kind} {budget:g}): NFE mean "
+          f"{float(run.nfe.double().mean()):.1f}, max {int(run.nfe.max())}, failed {int(run.failed.sum())}, "
+          f"{seconds:.2f} s -> {path}{' and ' + str(picture) if picture else ''}", file=stream)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="flowsolve", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"flowsolve {fs.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("bench", help="error against NFE on problems, flowsolve and peers side by side")
+    p.add_argument("problems", nargs="*", metavar="PROBLEM_OR_FILE",
+                   help="builtin problem names (flowsolve problems) or .toml files; none: the default suite")
+    p.add_argument("--solvers", type=_csv_list(str, "--solvers"), help="comma-separated methods: flowsolve solvers "
+                   "(heun, heun@log_sigma, ...) and peers (torchdiffeq.rk4, ...); default: each problem's own")
+    p.add_argument("--nfe", type=_csv_list(int, "--nfe"), help="NFE budgets of fixed-step methods, e.g. 10,20,40")
+    p.add_argument("--rtol", type=_csv_list(float, "--rtol"), help="tolerances of adaptive methods, e.g. 1e-3,1e-5")
+    p.add_argument("--seeds", type=_csv_list(int, "--seeds"), default=[0], help="start-point seeds (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="processes running cells (default 1)")
+    p.add_argument("--out", default="flowsolve-results", help="output directory (default ./flowsolve-results)")
+    p.add_argument("--cache", default=None, help="reference cache (default $FLOWSOLVE_CACHE or "
+                   "~/.cache/flowsolve/references)")
+    p.add_argument("--no-resume", action="store_true", help="run every cell again instead of reading saved ones")
+    p.add_argument("--no-plot", action="store_true", help="write CSV and JSON only")
+    sub.add_parser("problems", help="list the builtin problems, one line each")
+    sub.add_parser("solvers", help="list the registered solvers: category, order, NFE per step, options")
+    p = sub.add_parser("sample", help="draw samples of a problem with one solver and save them")
+    p.add_argument("problem", metavar="PROBLEM_OR_FILE")
+    p.add_argument("--solver", default="heun", help="method name (default heun)")
+    p.add_argument("--nfe", type=int, help="NFE budget (fixed-step; default 20)")
+    p.add_argument("--rtol", type=float, help="tolerance (adaptive; default 1e-5)")
+    p.add_argument("--n", type=int, help="number of samples (default: the problem's)")
+    p.add_argument("--seed", type=int, default=0, help="start-point seed (default 0)")
+    p.add_argument("--out", default="samples.npy", help="output file, .npy or .pt (default samples.npy)")
+    p = sub.add_parser("demo", help="a fast tour: exact flows of every process, torchdiffeq and flowsolve")
+    p.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return parser
+
+
+def _run(args) -> int:
+    if args.command == "bench":
+        return bench(args.problems, args.solvers, args.nfe, args.rtol, args.seeds, args.workers, args.out,
+                     not args.no_resume, not args.no_plot, args.cache)
+    if args.command == "problems":
+        return problems()
+    if args.command == "solvers":
+        return solvers()
+    if args.command == "sample":
+        if args.n is not None and args.n < 1:
+            raise _UserError(f"--n must be >= 1, got {args.n}")
+        return sample(args.problem, args.solver, args.nfe, args.rtol, args.n, args.seed, args.out)
+    if args.n < 2:
+        raise _UserError(f"--n must be >= 2, got {args.n}")
+    return demo(n=args.n, seed=args.seed)
+
+
+def main(argv=None) -> int:
+    try:
+        return _run(_parser().parse_args(argv))
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stdout = open(os.devnull, "w")
         return 0
-    return 2
+    except KeyboardInterrupt:
+        print("flowsolve: interrupted (saved cells are kept; run the same command again to resume)", file=sys.stderr)
+        return 130
+    except (_UserError, ValueError, OSError, ImportError, RuntimeError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"flowsolve: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

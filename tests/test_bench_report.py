@@ -106,7 +106,7 @@ def test_table_adaptive_distribution_notes_and_width():
     assert len(adaptive) == 2
     assert adaptive[0].split()[1:6] == ["1e-03", "30", "31", "5.00e-04", "1.50e-03"]
     assert "5.00e-06*" in adaptive[1] and "*" not in adaptive[0]  # smallest rmse x NFE mean
-    assert "floor (between two independent data samples of this size): SW_2 1.00e-03, energy inf" \
+    assert "floor (the exact flow's end points against the data sample: sampling noise at this n): SW_2 1.00e-03, energy inf" \
         in " ".join(g.split())
     sw_heun = _row(g, "distribution metrics", "heun").split()
     assert sw_heun == ["heun", "SW_2", "1.00e-03*", "2.50e-04*", "6.25e-05"]

@@ -29,9 +29,8 @@ def test_demo_reports_every_process_and_solver():
 
 
 def test_main_rejects_bad_sample_count(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["demo", "--n", "1"])
-    assert "--n must be >= 2" in capsys.readouterr().err
+    assert cli.main(["demo", "--n", "1"]) == 2
+    assert capsys.readouterr().err == "flowsolve: error: --n must be >= 2, got 1\n"
 
 
 
@@ -57,3 +56,4 @@ def test_version_and_python_dash_m():
     assert out.returncode == 0 and out.stdout.strip() == f"flowsolve {fs.__version__}"
     out = subprocess.run([sys.executable, "-m", "flowsolve", "nonsense"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "invalid choice" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -239,7 +239,7 @@ class TorchdiffeqFixed(_PeerMethod):
         out = torchdiffeq.odeint(func, x0, grid[[0, -1]], method=self.solver,
                                  options={"grid_constructor": lambda f, y0, t: grid})
         return self._result(out[-1], x0, counting, n_steps=steps, n_rejected=0,
-                            notes=[f"karras grid (rho {KARRAS_RHO:g}), {steps} steps of {self.nfe_per_step} NFE"])
+                            notes=[f"karras grid (rho {KARRAS_RHO:g}), {self.nfe_per_step} NFE per step"])
 
 
 class TorchdiffeqAdaptive(_PeerMethod):
@@ -388,7 +388,7 @@ class TorchsdeMethod(_PeerMethod):
                                  options=dict(self.options))
         return self._result(ys[-1], x0, counting, n_steps=steps, n_rejected=0,
                             notes=[f"karras grid (rho {KARRAS_RHO:g}) as torchsde's uniform dt=1 in a time change; "
-                                   f"{steps} steps, {self.nfe_per_step} NFE per step + {self.nfe_overhead} "
+                                   f"{self.nfe_per_step} NFE per step + {self.nfe_overhead} "
                                    "(sdeint's shape check" + (" and the first drift" if self.nfe_overhead > 1 else "")
                                    + ")", "one BrownianInterval for the batch (seeded by task.seed)"])
 
@@ -529,7 +529,7 @@ class _DiffusersMethod(_PeerMethod):
             ts = timesteps[min(call, len(timesteps) - 1)]
             sample = sched.step(out, ts, sample).prev_sample.to(torch.float64)
         x_end = s[-1] * (sample / state_factor(steps))
-        notes = [f"karras grid (rho {KARRAS_RHO:g}) in sigma, {steps} steps, ending at sigma_min (no step to 0)"]
+        notes = [f"karras grid (rho {KARRAS_RHO:g}) in sigma, ending at sigma_min (no step to 0)"]
         if self.float32_state:
             notes.append("diffusers rounds the state to float32 in every step (its step() upcasts to float32)")
         return self._result(x_end.to(dev), x0, counting, n_steps=steps, n_rejected=0, notes=notes)

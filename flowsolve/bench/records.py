@@ -47,8 +47,9 @@ class Results:
     (``description``, ``process``, ``data``, ``dim``, ``event_shape``, ``n``, ``metric`` (the
     primary metric: "rmse", or a distribution metric where no endpoint reference applies),
     ``reference`` (how it was computed), ``reference_error`` (its estimated max error),
-    ``distribution_floor`` (each distribution metric between two independent samples of the data
-    law of this size: what no sampler can go below)). ``environment``: versions of flowsolve,
+    ``distribution_floor`` (each distribution metric between the reference's end points and the
+    data sample: the exact flow carries the prior draws to draws of the data law, so this is the
+    sampling noise at this n, which no sampler can go below)). ``environment``: versions of flowsolve,
     torch, python and every peer library used, the machine, the time. ``notes``: lines for
     the reader (methods skipped and why).
     """

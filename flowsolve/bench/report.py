@@ -341,8 +341,8 @@ def _distribution_table(results, name, info, cells, color) -> list[str]:
             rows.append(row)
     for k, d in enumerate(metrics):
         marks |= {(i * len(metrics) + k, j + 2) for i, j in _best_marks(by, methods, budgets, d)}
-    lines = _wrap(f"distribution metrics at each NFE budget (* best per budget); floor (between two independent "
-                  f"data samples of this size): {floor_text}", "  ")
+    lines = _wrap(f"distribution metrics at each NFE budget (* best per budget); floor (the exact flow's end points "
+                  f"against the data sample: sampling noise at this n): {floor_text}", "  ")
     return lines + _render(headers, rows, marks, color, keys=2)
 
 
@@ -548,7 +548,7 @@ def plot_problem(results: Results, name: str, path) -> str | None:
         else:
             floor = info.get("distribution_floor")
             level = floor.get(m_name) if isinstance(floor, dict) else floor
-            label, shade = "floor: two data samples", "0.55"
+            label, shade = "floor: exact flow vs data sample", "0.55"
         if _finite(level) and level > 0:
             line = ax.axhline(level, color=shade, linestyle=":", linewidth=1.4, label=label)
             handles.setdefault(label + m_name, line)
