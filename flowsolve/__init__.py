@@ -20,8 +20,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # fs.testing (property checks, strategies) loads on first use: `import flowsolve` stays light.
-    if name == "testing":
+    # fs.testing (property checks, strategies) and fs.bench load on first use: `import flowsolve`
+    # stays light.
+    if name in ("testing", "bench"):
         import importlib
         return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module 'flowsolve' has no attribute {name!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import shlex
 
 import pytest
 
@@ -29,3 +30,34 @@ def test_code_blocks_run(path, capsys):
 
 def test_the_docs_have_code():
     assert sum(len(python_blocks(p)) for p in FILES) >= 8
+
+
+def flowsolve_commands(path: pathlib.Path) -> list[str]:
+    """The `flowsolve ...` lines of the ```sh blocks."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith("flowsolve")]
+
+
+def _marks(command: str):
+    args = shlex.split(command)
+    # the default suite and the wide worked example take 10-45 s: run with `pytest -m slow`
+    slow = args[1:2] == ["bench"] and (len(args) == 2 or len(args[args.index("--solvers") + 1].split(",")) > 5
+                                       if "--solvers" in args else len(args) == 2)
+    return [pytest.mark.slow] if slow else []
+
+
+COMMANDS = [pytest.param(p, c, id=f"{p.name}: {c[:60]}", marks=_marks(c)) for p in FILES for c in flowsolve_commands(p)]
+
+
+@pytest.mark.parametrize("path, command", COMMANDS)
+def test_flowsolve_commands_run(path, command, tmp_path, monkeypatch, capsys):
+    from flowsolve import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLOWSOLVE_CACHE", str(tmp_path / "cache"))
+    code = cli.main(shlex.split(command)[1:])
+    assert code == 0, f"{path.name}: `{command}` exited {code}: {capsys.readouterr().err}"
+
+
+def test_the_docs_show_the_commands():
+    assert any("flowsolve bench" in c for c in flowsolve_commands(ROOT / "docs" / "bench.md"))

@@ -99,10 +99,11 @@ def endpoint_errors(x, ref) -> dict:
     return {"rmse": rmse, "max_error": float(diff.abs().max()), "rel_error": rel}
 
 
-def sliced_wasserstein(x, y, n_projections: int = 256, seed: int = 0) -> float | None:
+def sliced_wasserstein(x, y, n_projections: int = 128, seed: int = 0) -> float | None:
     """SW_2 between the empirical laws of ``x`` (n, *event) and ``y`` (m, *event), event
     dimensions flattened: POT's ``ot.sliced_wasserstein_distance`` with p=2, uniform weights,
-    ``n_projections`` random directions drawn from ``numpy.random.RandomState(seed)`` (so the
+    ``n_projections`` random directions (default 128: every method of a sweep is measured on
+    the same directions, and 256 costs 3x as much, 150 ms per cell at n = 256 against 2048) drawn from ``numpy.random.RandomState(seed)`` (so the
     value is deterministic given the seed and no global random state is touched). In one
     dimension it is W_2 exactly. ``inf`` when ``x`` has a non-finite row; None when POT is
     not installed (see :func:`unavailable`)."""
