@@ -52,7 +52,8 @@ def _torchdiffeq_dopri5(flow, process, x_init, rtol, atol):
     return odeint(rhs, x_init, ts, method="dopri5", rtol=rtol, atol=atol)[-1], nfe, outside
 
 
-def demo(n: int = 2000, seed: int = 0, out=sys.stdout) -> int:
+def demo(n: int = 2000, seed: int = 0, out=None) -> int:
+    out = out or sys.stdout  # looked up per call: a default bound at import outlives a swapped stdout
     data = fs.toy.Gaussian([1.0, -2.0], [[1.0, 0.5], [0.5, 0.75]])
     rtol, atol = 1e-6, 1e-8
     print(f"data N(mean={data.mean().tolist()}, cov={data.covariance().tolist()}); {n} samples, seed {seed}", file=out)
@@ -100,8 +101,9 @@ def demo(n: int = 2000, seed: int = 0, out=sys.stdout) -> int:
     return 0
 
 
-def solvers(out=sys.stdout) -> int:
+def solvers(out=None) -> int:
     """One line per registered solver: name, category, order, NFE per step, options."""
+    out = out or sys.stdout
     table = fs.available_solvers()
     print(f"{'solver':18s} {'category':22s} {'order':>5s} {'NFE/step':>8s}  options", file=out)
     for name, info in table.items():
@@ -187,16 +189,21 @@ def sample(problem, solver, nfe=None, rtol=None, n=None, seed=0, out="samples.np
     if not m.adaptive and rtol is not None:
         raise _UserError(f"{m.name} is fixed-step: give --nfe, not --rtol")
     budget = (rtol if rtol is not None else 1e-5) if m.adaptive else (nfe if nfe is not None else 20)
+    # the same ranges as flowsolve bench's, checked before any work
+    if m.adaptive and not 0 < budget < 1:
+        raise _UserError(f"--rtol must be a relative tolerance in (0, 1), got {budget!r}")
+    if not m.adaptive and budget < m.min_budget():
+        raise _UserError(f"--nfe must be at least {m.min_budget()} (one step of {m.name}), got {budget}")
     path = pathlib.Path(out)
     if path.suffix not in (".npy", ".pt"):
         raise _UserError(f"--out must end in .npy or .pt, got {out!r}")
+    _writable_file(path, "--out")
     x0 = prob.x_init(seed, n)
     start = time.perf_counter()
     run = m.run(Task(prob.process, prob.field, x0, m.budget_kind, budget, seed))
     seconds = time.perf_counter() - start
     x = run.x.detach().cpu()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".npy":
             import numpy as np
             np.save(path, x.numpy())
@@ -206,10 +213,31 @@ def sample(problem, solver, nfe=None, rtol=None, n=None, seed=0, out="samples.np
         raise _UserError(f"cannot write {out!r}: {err.strerror or err}") from None
     picture = plot_samples(x, prob, path.with_suffix(".png"), title=f"{prob.name}: {m.name}, "
                            f"{m.budget_kind} {budget:g}") if prob.dim <= 2 else None
+    failed = int(run.failed.sum())
     print(f"{prob.name}: {x.shape[0]} samples by {m.name} ({m.budget_kind} {budget:g}): NFE mean "
-          f"{float(run.nfe.double().mean()):.1f}, max {int(run.nfe.max())}, failed {int(run.failed.sum())}, "
+          f"{float(run.nfe.double().mean()):.1f}, max {int(run.nfe.max())}, failed {failed}, "
           f"{seconds:.2f} s -> {path}{' and ' + str(picture) if picture else ''}", file=stream)
+    if failed:  # the file holds where the failed samples stopped: say so, and exit non-zero
+        reason = " ".join((run.message or "no reason given").split())
+        print(f"flowsolve: {failed} of {x.shape[0]} samples did not reach t_min (saved where they stopped): "
+              f"{reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _writable_file(path, option: str) -> None:
+    """Refuse (one line) an output file whose folder cannot be made, before any work."""
+    import pathlib
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise _UserError(f"{option} {str(path)!r} is a directory; give a file name")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise _UserError(f"cannot write {option} {str(path)!r}: {str(blocker)!r} is a file, not a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _UserError(f"cannot write {option} {str(path)!r}: {err.strerror or err}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,13 +292,17 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
+    command = None
     try:
-        return _run(_parser().parse_args(argv))
+        args = _parser().parse_args(argv)
+        command = args.command
+        return _run(args)
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stdout = open(os.devnull, "w")
         return 0
     except KeyboardInterrupt:
-        print("flowsolve: interrupted (saved cells are kept; run the same command again to resume)", file=sys.stderr)
+        hint = " (saved cells are kept; run the same command again to resume)" if command == "bench" else ""
+        print(f"flowsolve: interrupted{hint}", file=sys.stderr)
         return 130
     except (_UserError, ValueError, OSError, ImportError, RuntimeError) as err:
         message = " ".join(str(err).split()) or type(err).__name__

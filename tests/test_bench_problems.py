@@ -328,3 +328,9 @@ def test_expressions_are_safe_and_differentiable():
                  "'s'", "t // 2", "sqrt(t, t)", "exp(x=t)", "(" * 300 + "t" + ")" * 300, "", "t < 1"):
         with pytest.raises(ExpressionError):
             Expression(text)
+
+
+def test_a_problem_with_no_metric_is_refused():
+    text = SMALL + "\n[metrics]\nendpoint = []\ndistribution = []\n" if "[metrics]" not in SMALL else None
+    with pytest.raises(ProblemError, match=r"key 'metrics.distribution': found \[\], expected at least one metric"):
+        parse_problem(text, source="none.toml")

@@ -106,31 +106,34 @@ def test_adaptive_reference_cache_round_trip(tmp_path):
     problem = parse_problem(ADAPTIVE)
     path = br.cache_path(tmp_path, problem.fingerprint, 0)
     assert path.name == f"{problem.fingerprint}-seed0.pt"
-    first = problem.reference(cache_dir=tmp_path)
+    first = br.compute_reference(problem, 0, tmp_path)
     assert not first.cached and path.is_file() and first.nfe_mean is not None
-    second = problem.reference(cache_dir=tmp_path)
+    second = br.compute_reference(problem, 0, tmp_path)
     assert second.cached and torch.equal(second.x, first.x)
     assert (second.method, second.error_estimate, second.nfe_mean) == (first.method, first.error_estimate,
                                                                         first.nfe_mean)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary files left
 
     path.write_bytes(b"not a torch file")  # corrupted: recomputed and rewritten
-    again = problem.reference(cache_dir=tmp_path)
+    again = br.compute_reference(problem, 0, tmp_path)
     assert not again.cached and torch.equal(again.x, first.x)
-    assert problem.reference(cache_dir=tmp_path).cached
+    assert br.compute_reference(problem, 0, tmp_path).cached
 
     foreign = Reference(x=torch.zeros(problem.n, 1, dtype=torch.float64), method="m", error_estimate=0.0,
                         nfe_mean=1.0, seconds=0.0)
     for fingerprint, shape_ok in (("0" * 64, True), (problem.fingerprint, False)):
         stored = foreign if shape_ok else Reference(torch.zeros(3, 1, dtype=torch.float64), "m", 0.0, 1.0, 0.0)
         br.save_cached(path, fingerprint, 0, stored)
-        recomputed = problem.reference(cache_dir=tmp_path)
+        recomputed = br.compute_reference(problem, 0, tmp_path)
         assert not recomputed.cached and torch.equal(recomputed.x, first.x)
     br.save_cached(path, problem.fingerprint, 0, foreign, inputs="another start")  # same key, other inputs
-    assert not problem.reference(cache_dir=tmp_path).cached
+    assert not br.compute_reference(problem, 0, tmp_path).cached
 
-    other_seed = problem.reference(seed=1, cache_dir=tmp_path)
+    other_seed = br.compute_reference(problem, 1, tmp_path)
     assert not other_seed.cached and br.cache_path(tmp_path, problem.fingerprint, 1).is_file()
+    # Problem.reference keeps what it computed: a sweep asks for it in every cell
+    memo = problem.reference(cache_dir=tmp_path)
+    assert problem.reference(cache_dir=tmp_path) is memo and torch.equal(memo.x, first.x)
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

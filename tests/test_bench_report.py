@@ -108,8 +108,10 @@ def test_table_adaptive_distribution_notes_and_width():
     assert "5.00e-06*" in adaptive[1] and "*" not in adaptive[0]  # smallest rmse x NFE mean
     assert "floor (the exact flow's end points against the data sample: sampling noise at this n): SW_2 1.00e-03, energy inf" \
         in " ".join(g.split())
+    assert "values at or below the floor tie" in " ".join(g.split())
+    # at 40, heun's 6.25e-05 and rk4's 7.81e-08 are both below the SW_2 floor 1e-3: a tie, both marked
     sw_heun = _row(g, "distribution metrics", "heun").split()
-    assert sw_heun == ["heun", "SW_2", "1.00e-03*", "2.50e-04*", "6.25e-05"]
+    assert sw_heun == ["heun", "SW_2", "1.00e-03*", "2.50e-04*", "6.25e-05*"]
     assert "notes:" in text and "torchode.tsit5 skipped: torchode is not installed" in text
     assert text.count("torchode.tsit5 skipped") == 1
     assert all(len(line) <= MAX_WIDTH for line in text.splitlines())
@@ -250,3 +252,29 @@ def test_write_all_unwritable_dir_is_a_one_line_oserror(tmp_path, monkeypatch):
         write_all(make_results(), blocker / "out")
     message = str(info.value)
     assert str(blocker / "out") in message and "\n" not in message
+
+
+def test_distribution_values_at_or_below_the_floor_tie_for_best():
+    # at 10 NFE: a is below the floor (sampling noise, not skill), b at it, c above: a and b tie
+    recs = [_record("p", m, "flowsolve", 10, None, sw=v) for m, v in (("a", 0.40), ("b", 0.43), ("c", 0.44))]
+    recs += [_record("p", m, "flowsolve", 20, None, sw=v) for m, v in (("a", 0.50), ("b", 0.45), ("c", 0.44))]
+    res = Results(records=recs, problems={"p": {"metric": "rmse", "distribution_floor": {"sliced_wasserstein": 0.43}}})
+    block = _block(format_table(res), "p")
+    rows = {m: _row(block, "distribution metrics", m).split()[2:] for m in "abc"}
+    assert rows == {"a": ["4.00e-01*", "5.00e-01"], "b": ["4.30e-01*", "4.50e-01"], "c": ["4.40e-01", "4.40e-01*"]}
+
+
+def test_endpoint_errors_below_the_reference_error_tie_for_best():
+    # at 10 NFE both are below the reference's estimated error 1e-6: neither is more accurate than the
+    # reference can tell; at 20, 3e-6 is above it and beats 5e-6
+    recs = [_record("p", "a", "flowsolve", 10, 1e-8), _record("p", "b", "flowsolve", 10, 5e-7),
+            _record("p", "a", "flowsolve", 20, 5e-6), _record("p", "b", "flowsolve", 20, 3e-6)]
+    recs += [_record("p", "c", "flowsolve", r, 1e-8, budget_kind="rtol", nfe_mean=n)
+             for r, n in ((1e-3, 40), (1e-5, 90))]
+    res = Results(records=recs, problems={"p": {"metric": "rmse", "reference_error": 1e-6}})
+    block = _block(format_table(res), "p")
+    assert _row(block, "fixed-step", "a").split()[1:3] == ["1.00e-08*", "5.00e-06"]
+    assert _row(block, "fixed-step", "b").split()[1:3] == ["5.00e-07*", "3.00e-06*"]
+    # adaptive: both tolerances are at the reference's error; the cheaper one is best
+    adaptive = [line for line in block.splitlines() if line.split()[:1] == ["c"]]
+    assert "*" in adaptive[0] and "*" not in adaptive[1]

@@ -125,3 +125,50 @@ def test_python_dash_m_bench_error_has_no_traceback():
     out = subprocess.run([sys.executable, "-m", "flowsolve", "bench", "no_such_problem"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sample", "ring8_edm", "--solver", "dopri5", "--rtol", "5"], "--rtol must be a relative tolerance in (0, 1)"),
+    (["sample", "ring8_edm", "--solver", "heun", "--nfe", "1"], "--nfe must be at least 2 (one step of heun)"),
+    (["bench", "ring8_edm", "--solvers", "heun@karras:rho=-1", "--nfe", "10"], "rho of method heun@karras:rho=-1"),
+    (["bench", "ring8_edm", "--solvers", "heun@log_sigma:rho=3", "--nfe", "10"], "not used by the 'log_sigma' grid"),
+])
+def test_bad_budgets_and_grid_options_are_one_line_before_any_work(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from flowsolve.bench import harness
+    from flowsolve.bench.methods import FlowsolveMethod
+    monkeypatch.setattr(FlowsolveMethod, "run", lambda *a: pytest.fail("work before the check"))
+    monkeypatch.setattr(harness, "_problem_meta", lambda *a: pytest.fail("work before the check"))
+    assert expected in _error_line(capsys, cli.main(argv))
+
+
+def test_unwritable_sample_file_and_reference_cache_are_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from flowsolve.bench.methods import FlowsolveMethod
+    monkeypatch.setattr(FlowsolveMethod, "run", lambda *a: pytest.fail("work before the check"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = _error_line(capsys, cli.main(["sample", "ring8_edm", "--out", str(blocker / "sub" / "x.npy")]))
+    assert f"{str(blocker)!r} is a file, not a directory" in line
+    line = _error_line(capsys, cli.main(["bench", "ring8_edm", "--solvers", "heun", "--nfe", "10", "--cache",
+                                         str(blocker / "cache"), "--out", str(tmp_path / "res")]))
+    assert "reference cache" in line and "--cache" in line
+
+
+def test_sample_says_when_samples_failed_and_exits_non_zero(tmp_path, capsys):
+    # torchdiffeq's first-step probe lands at t < 0 on VP: every sample fails, at 2 NFE
+    code = cli.main(["sample", "ring8_vp", "--solver", "torchdiffeq.dopri5", "--rtol", "1e-3", "--n", "4", "--out",
+                     str(tmp_path / "x.npy")])
+    captured = capsys.readouterr()
+    assert code == 1 and "failed 4" in captured.out
+    (line,) = captured.err.strip().splitlines()
+    assert "4 of 4 samples did not reach t_min" in line and "outside" in line
+
+
+def test_ctrl_c_is_one_line_and_speaks_of_resuming_only_for_bench(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(["sample", "ring8_edm"]) == 130
+    assert capsys.readouterr().err == "flowsolve: interrupted\n"
+    assert cli.main(["bench", "ring8_edm"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err

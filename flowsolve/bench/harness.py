@@ -2,8 +2,9 @@
 start points, measured against the problem's reference and data law.
 
 A cell is an independent, deterministic task. Its result is a JSON file named by the
-content hash of what it depends on (the problem's fingerprint, the method, the budget, the
-seed, and the versions of flowsolve and of the method's library), so a sweep runs on several
+content hash of what it depends on (the problem's fingerprint and its metrics settings, the
+method's name and configuration, the budget, the seed, ``atol_factor``, and the versions of
+flowsolve, torch, the method's library and the metrics' libraries), so a sweep runs on several
 processes (``workers=``), resumes from the files an interrupted sweep left in ``out``, and
 can be spread over a cluster by anything that runs :func:`run_cell` on :func:`plan` 's cells.
 """
@@ -19,6 +20,7 @@ import multiprocessing
 import os
 import pathlib
 import platform
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -30,13 +32,18 @@ from .methods import Method, Task, method as resolve_method
 from .records import DISTRIBUTION_METRICS, ENDPOINT_METRICS, Results
 
 # Bumped when what a cell measures changes, so saved cells of an older harness are not reused.
-HARNESS_VERSION = 1
+# 2: the key holds the metrics settings, the method's configuration, torch's and the metric
+# libraries' versions; a cell whose every sample failed has no metrics.
+HARNESS_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One unit of work: ``method`` on ``problem`` (a builtin name or a file path, so that a
-    worker process can load it) with one budget and one seed."""
+    worker process can load it) with one budget and one seed. ``metrics``: the problem's
+    metrics settings (which metrics, how many data samples: the fingerprint leaves them out, the
+    record depends on them); ``settings``: the method's
+    :meth:`~flowsolve.bench.methods.Method.settings` as canonical JSON."""
 
     problem: str
     fingerprint: str
@@ -46,6 +53,8 @@ class Cell:
     seed: int
     atol_factor: float
     versions: tuple
+    metrics: tuple = ()
+    settings: str = "{}"
 
     @property
     def key(self) -> str:
@@ -75,6 +84,40 @@ def _problems(problems) -> list:
     return out
 
 
+def _method_list(methods) -> list | None:
+    """``methods`` as a list of distinct names or Method objects (one name or object is a list of one)."""
+    if methods is None:
+        return None
+    methods = [methods] if isinstance(methods, (str, Method)) else list(methods)
+    if all(isinstance(m, (str, Method)) for m in methods):  # else method() says what is wrong
+        methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError("methods is empty: name at least one (flowsolve solvers lists flowsolve's; peers are "
+                         "library.solver), or None for each problem's own")
+    return methods
+
+
+def _metrics_key(problem) -> tuple:
+    """What a record's metrics depend on beyond the fingerprint (which leaves [metrics] out) and
+    the versions: the problem's metrics settings and the metrics' own parameters."""
+    from .metrics import SLICED_PROJECTIONS
+    return (("endpoint", tuple(problem.endpoint_metrics)), ("distribution", tuple(problem.distribution_metrics)),
+            ("data_samples", int(problem.data_samples)), ("sliced_projections", SLICED_PROJECTIONS))
+
+
+def _distribution_versions() -> tuple:
+    """The metric libraries' versions ("missing" when not installed: the record then lacks that
+    metric, and must be measured again once the library is there)."""
+    from importlib import metadata
+    out = []
+    for dist in ("POT", "geomloss"):
+        try:
+            out.append((dist, metadata.version(dist)))
+        except metadata.PackageNotFoundError:
+            out.append((dist, "missing"))
+    return tuple(out)
+
+
 def _budgets(name: str, values, kind: str) -> tuple:
     if values is None:
         return None
@@ -82,12 +125,12 @@ def _budgets(name: str, values, kind: str) -> tuple:
     if not values:
         raise ValueError(f"{name} is empty: give at least one budget")
     if kind == "nfe":
-        return tuple(check_int(f"{name}[{i}]", v, 1) for i, v in enumerate(values))
+        return tuple(dict.fromkeys(check_int(f"{name}[{i}]", v, 1) for i, v in enumerate(values)))
     out = tuple(check_positive(f"{name}[{i}]", v) for i, v in enumerate(values))
     for i, v in enumerate(out):
         if v >= 1:
             raise ValueError(f"{name}[{i}] must be a relative tolerance in (0, 1), got {v!r}")
-    return out
+    return tuple(dict.fromkeys(out))  # a budget given twice is one cell, not two records of it
 
 
 _IN_MEMORY = "<memory>:"
@@ -111,20 +154,30 @@ def plan(problems, methods=None, *, nfe=None, rtol=None, seeds=(0,), atol_factor
     budgets. A method whose library is missing or which cannot run the problem's process is
     left out with a note. Fixed-step budgets below a method's smallest step are left out too."""
     problems = _problems(problems)
+    methods = _method_list(methods)
     nfe, rtol = _budgets("nfe", nfe, "nfe"), _budgets("rtol", rtol, "rtol")
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
-    seeds = [check_int(f"seeds[{i}]", s, 0) for i, s in enumerate(seeds)]
+    seeds = list(dict.fromkeys(check_int(f"seeds[{i}]", s, 0) for i, s in enumerate(seeds)))
     atol_factor = check_positive("atol_factor", atol_factor)
     cells, notes = [], []
     resolved: dict[str, Method] = {}
     from .. import __version__
+    common_versions = (("flowsolve", __version__), ("torch", torch.__version__), *_distribution_versions())
     for problem in problems:
         names = list(problem.solvers if methods is None else methods)
+        planned = set()
         for name in names:
             m = resolve_method(name)
-            m = resolved.setdefault(m.name, m)
+            known = resolved.setdefault(m.name, m)
+            if known is not m and (type(known) is not type(m) or known.settings() != m.settings()):
+                raise ValueError(f"two different methods are named {m.name!r}: give each its own name (their "
+                                 "results would be saved and shown as one)")
+            m = known
+            if m.name in planned:  # "heun" and method("heun"): one method, its cells once
+                continue
+            planned.add(m.name)
             reason = m.unavailable() or m.unsupported(problem.process)
             if reason:
                 notes.append(f"{problem.name}: skipped {m.name}: {reason}")
@@ -136,11 +189,12 @@ def plan(problems, methods=None, *, nfe=None, rtol=None, seeds=(0,), atol_factor
                 if low:
                     notes.append(f"{problem.name}: {m.name} needs at least {m.min_budget()} NFE; skipped NFE {low}")
                 budgets = [b for b in budgets if b >= m.min_budget()]
-            versions = (("flowsolve", __version__), (m.library, m.version()), ("harness", HARNESS_VERSION))
+            versions = (*common_versions, (m.library, m.version()), ("harness", HARNESS_VERSION))
+            settings = json.dumps(m.settings(), sort_keys=True, default=str)
             for budget in budgets:
                 for seed in seeds:
                     cells.append(Cell(_problem_ref(problem), problem.fingerprint, m.name, kind,
-                                      float(budget), seed, atol_factor, versions))
+                                      float(budget), seed, atol_factor, versions, _metrics_key(problem), settings))
     return problems, cells, notes, resolved
 
 
@@ -155,6 +209,39 @@ def _worker_problem(ref: str, given=None):
     return _WORKER_PROBLEMS[ref]
 
 
+def _run_in_workers(cells, workers, threads, cache_dir, finished):
+    """Run ``cells`` in spawned processes, ``finished(cell, record)`` as each completes."""
+    context = multiprocessing.get_context("spawn")
+    # no more processes than cells: each costs a Python with torch (seconds, hundreds of MB)
+    pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(cells)), mp_context=context,
+                                                  initializer=_init_worker, initargs=(threads,))
+    try:
+        futures = {pool.submit(run_cell, cell, None, cache_dir): cell for cell in cells}
+        for future in concurrent.futures.as_completed(futures):
+            finished(futures[future], future.result())
+    except BaseException:
+        # Ctrl-C or a failed cell: stop the workers instead of waiting for the cells they hold
+        # (their results would not be saved); the saved ones are kept for a resume.
+        # ProcessPoolExecutor has no public way to stop its processes before Python 3.14.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        raise
+    pool.shutdown(wait=True)
+
+
+def _rebuilt_by_name(m: Method) -> bool:
+    """Whether ``method(m.name)`` is ``m`` again (so a worker process can rebuild it from its
+    name): not so for a user's own Method object, nor for a FlowsolveMethod given a registered
+    name but another grid or options."""
+    try:
+        again = resolve_method(m.name)
+    except ValueError:
+        return False
+    return again is m or (type(again) is type(m) and again.settings() == m.settings())
+
+
 def _nan_to_none(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
@@ -167,6 +254,9 @@ def run_cell(cell: Cell, problem=None, cache_dir=None, method: Method | None = N
     becomes status "error" with its one-line message; it does not stop the sweep."""
     from . import metrics
     problem = _worker_problem(cell.problem, problem)
+    if problem.fingerprint != cell.fingerprint:  # its file changed since the sweep was planned
+        raise ValueError(f"problem {problem.name} ({problem.source}) is not the one this cell was planned on "
+                         "(its content changed): plan the sweep again")
     m = method if method is not None else resolve_method(cell.method)
     x0 = problem.x_init(cell.seed)
     record = {"problem": problem.name, "fingerprint": problem.fingerprint, "method": m.name, "library": m.library,
@@ -177,6 +267,13 @@ def run_cell(cell: Cell, problem=None, cache_dir=None, method: Method | None = N
         record[k] = None
     task = Task(problem.process, problem.field, x0, cell.budget_kind,
                 int(cell.budget) if cell.budget_kind == "nfe" else cell.budget, cell.seed, cell.atol_factor)
+    # imports the method's library (and builds the field) before the clock starts: the first
+    # cell of a method in each process must not pay for them
+    reason = m.unavailable()
+    if reason:
+        record.update(status="skipped", message=reason)
+        return record
+    _ = problem.field
     start = time.perf_counter()
     try:
         with torch.no_grad():
@@ -192,19 +289,27 @@ def run_cell(cell: Cell, problem=None, cache_dir=None, method: Method | None = N
                   steps_mean=float(run.n_steps.double().mean()), rejected_mean=float(run.n_rejected.double().mean()),
                   failed=failed, status="failed" if failed else "ok", message=run.message or "",
                   notes=list(run.extras.get("notes", ())))
+    if failed == x.shape[0]:
+        # no sample reached t_min: the end points are where each stopped (a peer that stopped for the
+        # whole batch returns the start points), so an error "of the method" would measure nothing
+        return {k: _nan_to_none(v) for k, v in record.items()}
     if m.kind == "ode" and problem.endpoint_metrics:
         ref = problem.reference(cell.seed, cache_dir=cache_dir)
         errors = metrics.endpoint_errors(x, ref.x)
         record.update({k: errors[k] for k in problem.endpoint_metrics})
     if problem.distribution_metrics:
-        values, _ = metrics.distribution_errors(x, problem.data_sample(seed=cell.seed), problem.distribution_metrics,
-                                                seed=cell.seed)
+        values, missing = metrics.distribution_errors(x, problem.data_sample(seed=cell.seed),
+                                                      problem.distribution_metrics, seed=cell.seed)
         record.update(values)
+        record["notes"] += [f"not measured: {reason}" for reason in missing]
     return {k: _nan_to_none(v) for k, v in record.items()}
 
 
 def _init_worker(threads: int):
     torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group: the sweep's process decides (it stops the workers),
+    # the workers neither print tracebacks nor go on with the cells already queued to them
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _load_saved(path: pathlib.Path):
@@ -246,23 +351,27 @@ def _environment(methods) -> dict:
 
 
 def _problem_meta(problem, seeds, cache_dir) -> dict:
-    """What the problem is, its reference and its floors (from the first seed)."""
+    """What the problem is, its reference and its floors, over the seeds as the records are: the
+    reference's estimated error is the largest of the seeds' (with its RMS, the scale of
+    ``rel_error``); the distribution floor is the mean over seeds, as the table's values are."""
     from . import metrics
     meta = dict(problem.summary())
     primary = "rmse" if "rmse" in problem.endpoint_metrics else (
         problem.endpoint_metrics[0] if problem.endpoint_metrics else problem.distribution_metrics[0])
     meta["metric"] = primary
-    ref = problem.reference(seeds[0], cache_dir=cache_dir) if problem.endpoint_metrics or \
-        problem.distribution_metrics else None
-    if ref is not None:
-        meta.update(reference=ref.method, reference_error=ref.error_estimate, reference_seconds=ref.seconds,
-                    reference_cached=ref.cached, reference_nfe_mean=ref.nfe_mean)
-        if problem.distribution_metrics:
-            # the exact flow carries prior draws to exact data draws: its distance to the data sample
-            # is the sampling noise no method can go below at this n
-            floor, _ = metrics.distribution_errors(ref.x, problem.data_sample(seed=seeds[0]),
-                                                   problem.distribution_metrics, seed=seeds[0])
-            meta["distribution_floor"] = floor
+    refs = [problem.reference(seed, cache_dir=cache_dir) for seed in seeds]
+    ref = refs[0]
+    errors = [r.error_estimate for r in refs]
+    meta.update(reference=ref.method, reference_error=None if None in errors else max(errors),
+                reference_rms=min(float(r.x.double().square().mean().sqrt()) for r in refs),
+                reference_seconds=sum(r.seconds for r in refs), reference_cached=all(r.cached for r in refs),
+                reference_nfe_mean=ref.nfe_mean)
+    if problem.distribution_metrics:
+        # the exact flow carries prior draws to exact data draws: its distance to the data sample
+        # is the sampling noise no method can go below at this n
+        floors = [metrics.distribution_errors(r.x, problem.data_sample(seed=seed), problem.distribution_metrics,
+                                              seed=seed)[0] for seed, r in zip(seeds, refs)]
+        meta["distribution_floor"] = {k: math.fsum(f[k] for f in floors) / len(floors) for k in floors[0]}
     return meta
 
 
@@ -280,14 +389,20 @@ def fit_orders(results: Results) -> list:
         metric = meta.get("metric", "rmse")
         by_budget = defaultdict(list)
         for r in records:
-            if r["status"] == "ok" and r.get(metric) is not None:
-                by_budget[r["budget"]].append(r)
+            by_budget[r["budget"]].append(r)
+        # a budget counts only when every seed ran without a failure, as the table shows it
+        by_budget = {b: rs for b, rs in by_budget.items()
+                     if all(r["status"] == "ok" and r.get(metric) is not None for r in rs)}
         if not by_budget:
             continue
         nfe = [sum(r["nfe_mean"] for r in rs) / len(rs) for _, rs in sorted(by_budget.items())]
         err = [sum(r[metric] for r in rs) / len(rs) for _, rs in sorted(by_budget.items())]
-        floor = meta.get("reference_error") or 0.0 if metric in ENDPOINT_METRICS else \
-            (meta.get("distribution_floor") or {}).get(metric, 0.0)
+        if metric in ENDPOINT_METRICS:
+            floor = meta.get("reference_error") or 0.0
+            if metric == "rel_error":  # the reference's error relative to its own scale
+                floor = floor / meta["reference_rms"] if meta.get("reference_rms") else 0.0
+        else:
+            floor = (meta.get("distribution_floor") or {}).get(metric, 0.0)
         fit = fit_order(nfe, err, floor=floor)
         if fit is not None:
             orders.append({"problem": name, "method": method_name, "metric": metric, **fit})
@@ -335,12 +450,7 @@ def _sweep(problems, methods, nfe, rtol, seeds, workers, threads, out, cache_dir
     seeds = sorted({c.seed for c in cells}) or ([seeds] if isinstance(seeds, int) else list(seeds))
     results = Results(notes=list(notes))
     by_ref = {_problem_ref(p): p for p in problems}
-    # references first, in this process: each is computed (or read from the cache) once, and
-    # the cells then find adaptive ones in the cache whatever process runs them
-    for problem in problems:
-        for seed in seeds:
-            problem.reference(seed, cache_dir=cache_dir)
-        results.problems[problem.name] = _problem_meta(problem, seeds, cache_dir)
+    # where results and references go is checked before any work: a typo must not cost a sweep
     cell_dir = None
     if out is not None:
         cell_dir = pathlib.Path(out) / "cells"
@@ -348,11 +458,26 @@ def _sweep(problems, methods, nfe, rtol, seeds, workers, threads, out, cache_dir
             cell_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OSError(f"cannot write results to {str(out)!r}: {err.strerror or err}") from None
+    if any(p.reference_method == "adaptive" for p in problems):
+        from .references import default_cache_dir
+        cache = pathlib.Path(default_cache_dir() if cache_dir is None else cache_dir)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"cannot write the reference cache {str(cache)!r} (cache_dir, flowsolve bench --cache or "
+                          f"$FLOWSOLVE_CACHE): {err.strerror or err}") from None
+    # references first, in this process: each is computed (or read from the cache) once, and
+    # the cells then find adaptive ones in the cache whatever process runs them
+    for problem in problems:
+        results.problems[problem.name] = _problem_meta(problem, seeds, cache_dir)
     records: dict[str, dict] = {}
     todo = []
     for cell in cells:
         saved = _load_saved(cell_dir / f"{cell.key}.json") if (cell_dir is not None and resume) else None
         if saved is not None and saved.get("key") == cell.key:
+            # the key leaves out where the problem lies and what it is called: the same content
+            # saved under another name is this problem's result
+            saved["problem"] = by_ref[cell.problem].name
             records[cell.key] = saved
         else:
             todo.append(cell)
@@ -372,18 +497,16 @@ def _sweep(problems, methods, nfe, rtol, seeds, workers, threads, out, cache_dir
             for cell in todo:
                 finished(cell, run_cell(cell, by_ref.get(cell.problem), cache_dir, by_name[cell.method]))
         else:
-            # a problem parsed from a string, or a Method object of the user's, cannot be found again by
-            # a worker process: those cells run here
-            local = [c for c in todo if c.problem.startswith(_IN_MEMORY) or not _registered(c.method)]
+            # a problem parsed from a string, or a method that its name does not rebuild (a user's
+            # Method object), cannot be found again by a worker process: those cells run here
+            rebuilt = {name: _rebuilt_by_name(m) for name, m in by_name.items()}
+            local = [c for c in todo if c.problem.startswith(_IN_MEMORY) or not rebuilt[c.method]]
             for cell in local:
                 finished(cell, run_cell(cell, by_ref.get(cell.problem), cache_dir, by_name[cell.method]))
-            rest = [c for c in todo if c not in local]
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                                        initargs=(threads,)) as pool:
-                futures = {pool.submit(run_cell, cell, None, cache_dir): cell for cell in rest}
-                for future in concurrent.futures.as_completed(futures):
-                    finished(futures[future], future.result())
+            local_ids = {id(c) for c in local}
+            rest = [c for c in todo if id(c) not in local_ids]
+            if rest:
+                _run_in_workers(rest, workers, threads, cache_dir, finished)
     finally:
         if bar is not None:
             bar.close()
@@ -396,14 +519,6 @@ def _sweep(problems, methods, nfe, rtol, seeds, workers, threads, out, cache_dir
     results.orders = fit_orders(results)
     results.environment = _environment([by_name[n] for n in dict.fromkeys(c.method for c in cells)])
     return results
-
-
-def _registered(name: str) -> bool:
-    try:
-        resolve_method(name)
-    except ValueError:
-        return False
-    return True
 
 
 

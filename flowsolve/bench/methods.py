@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import solvers as _solvers
-from .._validation import unknown_choice
-from ..grids import available_grids
+from .._validation import check_real, unknown_choice
+from ..grids import MAX_RHO, available_grids
 
 BUDGET_KINDS = ("nfe", "rtol")
 
@@ -94,13 +94,24 @@ class Method:
         """The smallest NFE budget this fixed-step method can spend (one step)."""
         return 1
 
+    def settings(self) -> dict:
+        """What this method's results depend on beyond its ``name``, ``library`` and the
+        library's version (e.g. a flowsolve solver's grid and options); ``{}`` when the name
+        says it all. Part of a bench cell's content hash, so that two configurations never
+        share saved results."""
+        return {}
+
     def run(self, task: Task) -> Run:
         raise NotImplementedError
 
     def version(self) -> str:
-        """The version of the library that runs this method."""
-        from importlib.metadata import version
-        return version(self.library)
+        """The version of the library that runs this method ("unknown" when ``library`` is not
+        an installed distribution, e.g. a user's own method)."""
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return version(self.library)
+        except PackageNotFoundError:
+            return "unknown"
 
     def __repr__(self):
         return f"<method {self.name} ({self.library}, {'adaptive' if self.adaptive else 'fixed-step'} {self.kind})>"
@@ -151,19 +162,34 @@ def failed_run(x: torch.Tensor, nfe: torch.Tensor, message: str) -> Run:
 
 class FlowsolveMethod(Method):
     """flowsolve's solver ``solver`` through :func:`flowsolve.sample`, on ``grid`` (fixed-step:
-    the solver's default grid when None; ``grid_options`` e.g. ``{"rho": 3}``)."""
+    the solver's default grid when None; ``grid_options`` e.g. ``{"rho": 3}``), with solver
+    ``options``. ``name`` defaults to what :func:`method` parses back to the same method
+    (``"heun"``, ``"heun@karras:rho=3"``); with ``options`` it is ``"heun[option=value,...]"``,
+    so that two configurations never show (or save) their results under one name."""
 
     library = "flowsolve"
 
     def __init__(self, solver: str, grid: str | None = None, grid_options: dict | None = None,
                  options: dict | None = None, name: str | None = None):
         info = _solvers.registry.get_solver(solver)
-        if info.adaptive and grid is not None:
-            raise ValueError(f"method {solver}@{grid}: {solver!r} is adaptive and takes no grid")
+        label = name or (solver if grid is None else f"{solver}@{grid}")
+        if info.adaptive and (grid is not None or grid_options):
+            raise ValueError(f"method {label}: {solver!r} is adaptive and takes no grid")
         self.solver, self.info = solver, info
         self.grid, self.grid_options, self.options = grid, dict(grid_options or {}), dict(options or {})
         info.check_options(self.options)
-        self.name = name or solver
+        # checked here, not when the first cell runs: a bad rho is the user's mistake, not a result
+        for key, value in self.grid_options.items():
+            if key != "rho" or (grid or info.default_grid) != "karras":
+                raise ValueError(f"method {label}: grid option {key!r} is not used by the "
+                                 f"{grid or info.default_grid!r} grid (only 'karras' takes rho)")
+            self.grid_options[key] = check_real(f"rho of method {label}", value, 0.0, MAX_RHO, strict_min=True)
+        if name is None:
+            name = solver if grid is None and not self.grid_options else f"{solver}@{grid or info.default_grid}" + \
+                "".join(f":{k}={v:g}" for k, v in sorted(self.grid_options.items()))
+            if self.options:
+                name += "[" + ",".join(f"{k}={v!r}" for k, v in sorted(self.options.items())) + "]"
+        self.name = name
         self.kind, self.adaptive, self.order = info.kind, info.adaptive, info.order
         self.description = info.description
 
@@ -171,11 +197,16 @@ class FlowsolveMethod(Method):
         from .. import __version__
         return __version__
 
+    def settings(self) -> dict:
+        return {"solver": self.solver, "grid": self.grid, "grid_options": self.grid_options, "options": self.options}
+
     def min_budget(self) -> int:
-        steps = 1
-        while self.info.max_steps_within(steps * self.info.nfe_per_step_for(self.options), self.options) < 1:
-            steps += 1
-        return steps * self.info.nfe_per_step_for(self.options)
+        """The smallest NFE with which the solver takes one step (not always ``nfe_per_step``:
+        edm_stochastic's last step is an Euler step, so one evaluation buys one step)."""
+        budget = 1
+        while self.info.max_steps_within(budget, self.options) < 1:
+            budget += 1
+        return budget
 
     def run(self, task: Task) -> Run:
         import flowsolve as fs
@@ -221,14 +252,14 @@ def method(name) -> Method:
         if name not in peers:
             raise unknown_choice("method", name, sorted(peers))
         return peers[name]
-    solver, _, grid_part = name.partition("@")
+    solver, at, grid_part = name.partition("@")
     known = _solvers.available_solvers()
     if solver not in known:
         close = difflib.get_close_matches(solver, list(known) + list(_peer_table()), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown method {name!r}: not a flowsolve solver (flowsolve solvers) nor a peer "
                          f"(library.solver){hint}")
-    if not grid_part:
+    if not at:  # "heun" (while "heun@" names an empty grid, refused below)
         return FlowsolveMethod(solver)
     grid, *opts = grid_part.split(":")
     if grid not in available_grids() or grid == "explicit":

@@ -99,7 +99,12 @@ def endpoint_errors(x, ref) -> dict:
     return {"rmse": rmse, "max_error": float(diff.abs().max()), "rel_error": rel}
 
 
-def sliced_wasserstein(x, y, n_projections: int = 128, seed: int = 0) -> float | None:
+#: Directions of the sliced Wasserstein distance (the bench's default; part of a bench cell's key,
+#: since a record's value depends on it).
+SLICED_PROJECTIONS = 128
+
+
+def sliced_wasserstein(x, y, n_projections: int = SLICED_PROJECTIONS, seed: int = 0) -> float | None:
     """SW_2 between the empirical laws of ``x`` (n, *event) and ``y`` (m, *event), event
     dimensions flattened: POT's ``ot.sliced_wasserstein_distance`` with p=2, uniform weights,
     ``n_projections`` random directions (default 128: every method of a sweep is measured on

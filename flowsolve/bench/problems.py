@@ -455,13 +455,17 @@ def _parse_reference(reader: _Reader, table: dict) -> dict:
 
 def _parse_metrics(reader: _Reader, table: dict) -> dict:
     reader.known_keys("metrics", table, ("endpoint", "distribution", "data_samples"), "[metrics]")
-    return {"endpoint": reader.string_list("metrics.endpoint", table.get("endpoint", list(ENDPOINT_METRICS)),
-                                           ENDPOINT_METRICS),
-            "distribution": reader.string_list("metrics.distribution",
-                                               table.get("distribution", list(DISTRIBUTION_METRICS)),
-                                               DISTRIBUTION_METRICS),
-            "data_samples": reader.integer("metrics.data_samples", table.get("data_samples", DEFAULT_DATA_SAMPLES),
-                                           minimum=2)}
+    metrics = {"endpoint": reader.string_list("metrics.endpoint", table.get("endpoint", list(ENDPOINT_METRICS)),
+                                              ENDPOINT_METRICS),
+               "distribution": reader.string_list("metrics.distribution",
+                                                  table.get("distribution", list(DISTRIBUTION_METRICS)),
+                                                  DISTRIBUTION_METRICS),
+               "data_samples": reader.integer("metrics.data_samples",
+                                              table.get("data_samples", DEFAULT_DATA_SAMPLES), minimum=2)}
+    if not metrics["endpoint"] and not metrics["distribution"]:
+        raise reader.error("metrics.distribution", [], "at least one metric when metrics.endpoint is empty "
+                           f"({', '.join(ENDPOINT_METRICS + DISTRIBUTION_METRICS)})")
+    return metrics
 
 
 def _check_method_name(reader: _Reader, key: str, name: str) -> None:
@@ -585,7 +589,13 @@ class Problem:
         adaptive references are cached in ``cache_dir`` (default ``$FLOWSOLVE_CACHE``, else
         ``~/.cache/flowsolve/references``)."""
         seed = check_int("seed", seed, 0)
-        return compute_reference(self, seed, cache_dir)
+        # kept for the life of the problem: a sweep asks for the same reference in every cell, and
+        # an exact 1-D map costs up to a second (a disk cache serves only adaptive ones)
+        memo = self.__dict__.setdefault("_references", {})
+        key = (seed, None if cache_dir is None else str(cache_dir), os.environ.get("FLOWSOLVE_CACHE"))
+        if key not in memo:
+            memo[key] = compute_reference(self, seed, cache_dir)
+        return memo[key]
 
     def summary(self) -> dict:
         """What the problem is, for reports: description, process, data (short), dim,

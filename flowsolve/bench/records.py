@@ -21,7 +21,7 @@ RECORD_FIELDS = (
     "message",        # why samples failed / why skipped; "" otherwise
     "nfe_mean", "nfe_max",           # field evaluations per sample, counted by the bench
     "steps_mean", "rejected_mean",   # steps taken / rejected per sample
-    "failed",                        # samples that did not reach t_min
+    "failed",                        # samples that did not reach t_min (when all did not: no metrics)
     "rmse",           # sqrt(mean over samples and coordinates of (x - x_ref)^2)
     "max_error",      # max over samples and coordinates of |x - x_ref|
     "rel_error",      # rmse / sqrt(mean of x_ref^2)
@@ -42,13 +42,16 @@ class Results:
     ``records``: list of dicts with :data:`RECORD_FIELDS`. ``orders``: list of dicts
     ``{"problem", "method", "metric", "order", "nfe_lo", "nfe_hi", "points"}``: the slope of
     log(error) against log(NFE mean), negated, fitted over the fixed-step budgets from
-    ``nfe_lo`` to ``nfe_hi`` (``points`` cells) where the method did not fail and the error
-    stands above the reference's own error. ``problems``: name -> dict describing the problem
+    ``nfe_lo`` to ``nfe_hi`` (``points`` budgets; errors and NFE averaged over seeds) where the
+    method failed at no seed and the error stands above 10 times the reference's own error.
+    ``problems``: name -> dict describing the problem
     (``description``, ``process``, ``data``, ``dim``, ``event_shape``, ``n``, ``metric`` (the
     primary metric: "rmse", or a distribution metric where no endpoint reference applies),
-    ``reference`` (how it was computed), ``reference_error`` (its estimated max error),
-    ``distribution_floor`` (each distribution metric between the reference's end points and the
-    data sample: the exact flow carries the prior draws to draws of the data law, so this is the
+    ``reference`` (how it was computed), ``reference_error`` (its estimated max error, the
+    largest over the seeds), ``reference_rms`` (the RMS of its end points, the scale of
+    ``rel_error``; the smallest over the seeds), ``distribution_floor`` (each distribution metric
+    between the reference's end points and the data sample, averaged over the seeds as the table
+    is: the exact flow carries the prior draws to draws of the data law, so this is the
     sampling noise at this n, which no sampler can go below)). ``environment``: versions of flowsolve,
     torch, python and every peer library used, the machine, the time. ``notes``: lines for
     the reader (methods skipped and why).

@@ -215,8 +215,10 @@ def _order_text(results: Results, problem, method, metric) -> str:
     return f"{float(fit['order']):.2f}{rng}"
 
 
-def _best_marks(cells, row_keys, col_keys, metric) -> set:
-    """(i, j) of the smallest comparable value in each column (ties all marked)."""
+def _best_marks(cells, row_keys, col_keys, metric, floor=None) -> set:
+    """(i, j) of the smallest comparable value in each column (ties all marked). Values at or
+    below ``floor`` count as ``floor``: below the level that the exact answer itself reaches,
+    smaller says nothing about the method (a distribution metric's sampling noise), so they tie."""
     marks = set()
     for j, col in enumerate(col_keys):
         vals = {}
@@ -224,11 +226,26 @@ def _best_marks(cells, row_keys, col_keys, metric) -> set:
             c = cells.get((rk, col))
             v = c.comparable(metric) if c else None
             if v is not None:
-                vals[i] = v
+                vals[i] = max(v, floor) if _finite(floor) else v
         if vals:
             best = min(vals.values())
             marks |= {(i, j) for i, v in vals.items() if v == best}
     return marks
+
+
+def _floor(info, metric):
+    """The level below which ``metric`` cannot rank methods: the reference's estimated error for
+    an endpoint metric (relative to the reference's RMS for rel_error), the distribution floor
+    for a distribution metric; None when not known."""
+    if metric in ENDPOINT_METRICS:
+        level = info.get("reference_error")
+        if metric == "rel_error":
+            scale = info.get("reference_rms")
+            level = level / scale if _finite(level) and _finite(scale) and scale > 0 else None
+        return level if _finite(level) else None
+    floor = info.get("distribution_floor")
+    level = floor.get(metric) if isinstance(floor, dict) else floor
+    return level if _finite(level) else None
 
 
 # ---------------------------------------------------------------------------------- the table
@@ -264,8 +281,9 @@ def _fixed_table(results, name, metric, cells, color) -> list[str]:
     absent = [m for m in methods
               if all(c.status_text() is None and c.value(metric) is None for k, c in fixed.items() if k[0] == m)]
     shown = [m for m in methods if m not in absent]
-    lines = [f"  fixed-step: {metric} at each NFE budget (* best per budget); order = -slope of log error vs "
-             f"log NFE"]
+    tie = "below the reference's error: a tie" if metric in ENDPOINT_METRICS else "at or below the floor: a tie"
+    lines = _wrap(f"fixed-step: {metric} at each NFE budget (* best per budget; {tie}); order = -slope of log error vs "
+                  "log NFE", "  ")
     if shown:
         by = {(k[0], k[2]): c for k, c in fixed.items()}
         headers = ["method"] + [_budget_label(b, "nfe") for b in budgets] + ["order (NFE)", "library"]
@@ -277,7 +295,8 @@ def _fixed_table(results, name, metric, cells, color) -> list[str]:
                 row.append("" if c is None else (c.status_text() or _fmt(c.value(metric))))
             lib = next(c.library for k, c in fixed.items() if k[0] == m)
             rows.append(row + [_order_text(results, name, m, metric), lib])
-        marks = {(i, j + 1) for i, j in _best_marks(by, shown, budgets, metric)}
+        marks = {(i, j + 1) for i, j in _best_marks(by, shown, budgets, metric, _floor(results.problems.get(name)
+                                                                                           or {}, metric))}
         lines += _render(headers, rows, marks, color, keys=1, tail=2)
     if absent:
         lines += _wrap(f"{metric} does not apply to {', '.join(absent)}: see the distribution metrics", "  ")
@@ -296,6 +315,7 @@ def _adaptive_table(results, name, metric, cells, color) -> list[str]:
     headers = (["method", "rtol", "NFE mean", "NFE max"] + [_SHORT.get(e, e) for e in err_cols]
                + ["failed", "wall s"] + [_SHORT[d] for d in dist_cols] + ["library"])
     rows, score = [], {}
+    floor = _floor(results.problems.get(name) or {}, metric)
     for i, k in enumerate(keys):
         c = adaptive[k]
         status = c.status_text()
@@ -305,7 +325,7 @@ def _adaptive_table(results, name, metric, cells, color) -> list[str]:
                               is not None else "-"] + [_fmt(c.value(d)) for d in dist_cols] + [c.library])
         v, nfe = c.comparable(metric), c.mean("nfe_mean")
         if v is not None and _finite(nfe):
-            score[i] = v * nfe
+            score[i] = (v if floor is None else max(v, floor)) * nfe  # below the reference's error: only NFE
     marks = set()
     if score:
         best = min(score.values())
@@ -340,8 +360,9 @@ def _distribution_table(results, name, info, cells, color) -> list[str]:
                 row.append("" if c is None else (c.status_text() or _fmt(c.value(d))))
             rows.append(row)
     for k, d in enumerate(metrics):
-        marks |= {(i * len(metrics) + k, j + 2) for i, j in _best_marks(by, methods, budgets, d)}
-    lines = _wrap(f"distribution metrics at each NFE budget (* best per budget); floor (the exact flow's end points "
+        marks |= {(i * len(metrics) + k, j + 2) for i, j in _best_marks(by, methods, budgets, d, _floor(info, d))}
+    lines = _wrap(f"distribution metrics at each NFE budget (* best per budget; values at or below the floor tie: "
+                  f"there the metric cannot tell the method from the exact flow); floor (the exact flow's end points "
                   f"against the data sample: sampling noise at this n): {floor_text}", "  ")
     return lines + _render(headers, rows, marks, color, keys=2)
 
