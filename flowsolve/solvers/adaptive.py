@@ -229,24 +229,21 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     e_prev2 = torch.ones_like(e_prev)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     rejected_nonfinite = torch.zeros(n, dtype=torch.bool, device=dev)
-    all_rows = torch.arange(n, device=dev)
     lo, hi = min(t0, t1), max(t0, t1)
     iteration = 0
     while True:
         active = ~done & (code == NONE) & (steps < max_steps)
-        if not bool(active.any()):
+        # a step below dt_min: that sample stops where it is (underflow), the others go on
+        dt_min = (64 * torch.finfo(torch.float64).eps * torch.clamp(t.abs(), min=span)
+                  if controller.dt_min is None else torch.full_like(t, controller.dt_min))
+        under = active & (h < dt_min)
+        code = torch.where(under, UNDERFLOW, code)
+        # the loop's one host synchronisation: which samples step now (and whether any does)
+        rows = (active & ~under).nonzero().flatten()
+        if rows.numel() == 0:
             break
-        rows = all_rows[active]
         ta, ha = t[rows], h[rows]
         remaining = (t1 - ta) * direction
-        dt_min = (64 * torch.finfo(torch.float64).eps * torch.clamp(ta.abs(), min=span)
-                  if controller.dt_min is None else torch.full_like(ta, controller.dt_min))
-        under = ha < dt_min
-        if bool(under.any()):  # those samples stop where they are; the others go on
-            code[rows[under]] = UNDERFLOW
-            rows, ta, ha, remaining = rows[~under], ta[~under], ha[~under], remaining[~under]
-            if rows.numel() == 0:
-                continue
         step = torch.minimum(ha, remaining)
         t_next = torch.where(ha >= remaining, torch.full_like(ta, t1), ta + step * direction)
         if save is not None:  # land exactly on the next save time
