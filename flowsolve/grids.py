@@ -11,6 +11,9 @@ Every grid is defined in the quantity its paper uses and mapped to the process's
   rho = 7 by default (Karras et al. 2022, eq. 5).
 * ``quadratic`` -- quadratic in t, dense near the data: ``t_i = t_min + (t_max - t_min) (1 - i/(N-1))^2``
   (the "quad" spacing of DDIM, Song et al. 2021a).
+* ``kl_optimal`` -- ``sigma_i = tan((1 - i/N) atan(sigma_max) + (i/N) atan(sigma_min))``, the
+  closed-form KL-optimal schedule of Align Your Steps (Sabour et al. 2024, derived for
+  unit-variance Gaussian data); ComfyUI's and A1111's ``kl_optimal_scheduler``.
 * ``explicit``  -- the times you pass (``ts=``), checked to be inside the span and monotone.
 """
 
@@ -57,6 +60,13 @@ def _karras(process, n_points, rho: float = 7.0):
     return _sigma_grid_to_t(process, (hi + ramp * (lo - hi)) ** rho)
 
 
+def _kl_optimal(process, n_points):
+    require_canonical(process, "the kl_optimal grid")
+    ramp = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)
+    hi, lo = math.atan(process.sigma_max), math.atan(process.sigma_min)
+    return _sigma_grid_to_t(process, torch.tan((1.0 - ramp) * hi + ramp * lo))
+
+
 def _quadratic(process, n_points):
     ramp = torch.linspace(1.0, 0.0, n_points, dtype=torch.float64)
     t = process.t_min + (process.t_max - process.t_min) * ramp**2
@@ -70,6 +80,8 @@ _GRIDS = {  # name: (function, description, the options it takes)
     "logsnr": (_log_sigma, "uniform in logSNR = -2 log sigma (same grid as log_sigma)", ()),
     "karras": (_karras, f"Karras et al. 2022 rho-schedule in sigma (rho=7, 0 < rho <= {MAX_RHO:g})", ("rho",)),
     "quadratic": (_quadratic, "quadratic in t, dense near the data", ()),
+    "kl_optimal": (_kl_optimal, "Align Your Steps' KL-optimal closed form: tan of a ramp from atan(sigma_max) to "
+                                "atan(sigma_min)", ()),
     "explicit": (None, "the times given by ts=", ("ts",)),
 }
 

@@ -70,7 +70,7 @@ def custom_processes():
 
 def test_available_grids_names():
     grids = fs.available_grids()
-    assert set(grids) == {"uniform", "log_sigma", "logsnr", "karras", "quadratic", "explicit"}
+    assert set(grids) == {"uniform", "log_sigma", "logsnr", "karras", "kl_optimal", "quadratic", "explicit"}
     assert all(isinstance(v, str) and v for v in grids.values())
 
 
@@ -203,7 +203,7 @@ def test_unknown_grid_lists_the_names_and_the_closest():
     with pytest.raises(ValueError) as info:
         fs.make_grid(fs.EDM(), "karas", 10)
     assert str(info.value) == ("grid must be one of ['uniform', 'log_sigma', 'logsnr', 'karras', 'quadratic', "
-                               "'explicit'], got 'karas'; did you mean 'karras'?")
+                               "'kl_optimal', 'explicit'], got 'karas'; did you mean 'karras'?")
     with pytest.raises(ValueError, match=r"did you mean 'log_sigma'\?"):
         fs.make_grid(fs.EDM(), "log-sigma", 10)
     with pytest.raises(ValueError, match=r"got 'cosine'$"):  # nothing close: no suggestion

@@ -831,6 +831,7 @@ OPTIONS = {**{name: {} for name in ["euler", "midpoint", "heun", "ralston", "rk4
                                     "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"]},
            "dpmpp_2m": {"lower_order_final": True}, "unipc": {"lower_order_final": True},
            "dpmpp_3m": {"lower_order_final": True, "variant": "exact"},
+           "ipndm": {"max_order": 4}, "ipndm_v": {"max_order": 4, "variant": "exact"}, "lms": {"order": 4},
            **{name: {"max_steps": 10_000, **CONTROLLER_DEFAULTS} for name in ["bosh3", "tsit5", "dopri5"]}}
 
 
