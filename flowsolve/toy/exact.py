@@ -9,6 +9,14 @@ Shapes: an exact field knows its data's ``event_shape`` and accepts ``x`` of sha
 flattens to ``(B, N)`` internally, so an image-shaped law gives exactly the numbers of the
 flattened one. Precision: at least float32 inside (float64 for the PFGM++ mixture quadrature),
 schedules in float64; results in x's dtype.
+
+Memory: the Gaussian-kernel mixture and the empirical fields compute their per-component
+(per-point) temporaries in blocks of rows (samples), each temporary under ``_CHUNK_BYTES``
+(:func:`_map_rows`), so a call costs a few times the size of x and its results beyond that
+bound (empirical data whose ``2 M N`` elements exceed it go one row at a time). Only rows are
+split and each row's operations are the same in any block, so the numbers are those of one
+unchunked call, bit for bit (tests/test_exact_chunking.py, on the CPU). The PFGM++ mixture
+quadrature has its own blocks (``MixtureField._CHUNK``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ from ..processes.base import require_canonical
 from .distributions import Empirical, GaussianMixture
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: Bytes of one row-blocked temporary (see :func:`_map_rows`). Small blocks are faster as well as
+#: smaller: they stay in cache and in reused allocations (one over 32 MiB is a fresh mmap, paid in
+#: page faults each time); 1 to 8 MiB measured alike (benchmarks/exact_field_memory.py).
+_CHUNK_BYTES = 4 * 2**20
 
 
 class ExactField(Field):
@@ -91,26 +103,27 @@ class EmpiricalField(ExactField):
     either kernel (PFGM++: ``w_i ∝ p(y_i)(||x - y_i||^2 + r^2)^(-(N+D)/2)``), normalised
     with log-sum-exp; distances are computed directly, not by the ``|x|^2 - 2xy + |y|^2``
     expansion, which loses all precision at sigma = 0.002 in float32. Weighted sums over the
-    points are broadcast products (not matmuls, whose rounding depends on the batch size),
-    in row chunks of about ``_CHUNK`` elements."""
-
-    _CHUNK = 2_000_000  # elements of a (rows, M, N) block
+    points are broadcast products (not matmuls, whose rounding depends on the batch size).
+    Computed in blocks of rows whose ``(rows, M, N, 2)`` product stays under ``_CHUNK_BYTES``
+    (one row at a time when ``2 M N`` elements exceed it)."""
 
     def _cast(self, dtype, device):
         return (self.data.points.to(device, dtype), torch.log(self.data.weights).to(device, dtype))
 
     def _posterior(self, xhat, sig):
         pts, logw = self._params(xhat)
+        rows = _chunk_rows(2 * pts.numel(), xhat.dtype)
+        return _map_rows(lambda x, s: self._block_posterior(x, s, pts, logw), rows, xhat,
+                         sig.expand(xhat.shape[0], 1))
+
+    def _block_posterior(self, xhat, sig, pts, logw):
         dist_sq = torch.cdist(xhat, pts, compute_mode="donot_use_mm_for_euclid_dist").square()
         kernel = self.process.kernel
         logits = logw + kernel.log_prob_sq(dist_sq, sig, self.dim)
         log_p = torch.logsumexp(logits, dim=-1)
         post = torch.softmax(logits, dim=-1)
         c = post * kernel.grad_coef(dist_sq, sig, self.dim)
-        rows = max(1, self._CHUNK // max(1, pts.numel()))
-        weighted = [(torch.stack([post[i:i + rows], c[i:i + rows]], -1).unsqueeze(-2) * pts.unsqueeze(-1)).sum(-3)
-                    for i in range(0, xhat.shape[0], rows)]
-        weighted = torch.cat(weighted, 0) if weighted else xhat.new_zeros(0, self.dim, 2)
+        weighted = (torch.stack([post, c], -1).unsqueeze(-2) * pts.unsqueeze(-1)).sum(-3)  # (rows, N, 2)
         grad = -(c.sum(-1, keepdim=True) * xhat - weighted[..., 1])
         return weighted[..., 0], grad, log_p
 
@@ -171,8 +184,12 @@ class MixtureField(ExactField):
 
     Nodes are placed without autograd, so ``score`` is the exact gradient of the computed
     ``log p``. Pairs are integrated in groups of equal node count, so a sample's numbers do not
-    depend on its batch; the groups have data-dependent sizes, so on an accelerator each call
-    waits for the device (``nonzero``), unlike the other exact fields. Coordinates that share an
+    depend on its batch, up to rounding where components have many eigenvalue groups (8 or more
+    measured): the sums over the groups run over the leading dimension of ``(groups, pairs, ...)``
+    blocks, and torch rounds those according to the number of pairs in the block, which depends
+    on the batch (~1e-14 relative, for a few samples of a batch of thousands, full covariances in
+    48-D). The groups have data-dependent sizes, so on an accelerator each call waits for the
+    device (``nonzero``), unlike the other exact fields. Coordinates that share an
     eigenvalue are summed as one (an isotropic component costs one coordinate). Tested
     (tests/test_pfgmpp_quadrature.py) against an independent dense trapezoid rule and the
     Simpson rule of tests/reference.py, in 1 to 256 dimensions, D from 0.3 to 1e8 (and against
@@ -223,7 +240,10 @@ class MixtureField(ExactField):
 
     def _posterior(self, xhat, sig):
         if not self.is_poisson:
-            return self._mixture_posterior(xhat, sig, self._params(xhat))
+            params = self._params(xhat)
+            rows = _chunk_rows(self.data.n_components * self.dim, xhat.dtype)  # (rows, K, N) temporaries
+            return _map_rows(lambda x, s: self._mixture_posterior(x, s, params), rows, xhat,
+                             sig.expand(xhat.shape[0], 1))
         if xhat.is_meta:  # shapes only: the node counts depend on values a meta tensor does not have
             return torch.empty_like(xhat), torch.empty_like(xhat), xhat.new_empty(xhat.shape[:-1])
         x64, s64 = xhat.to(torch.float64), sig.to(torch.float64)
@@ -234,14 +254,13 @@ class MixtureField(ExactField):
         n_groups = quad.glam.shape[-1]
         per_row = self.data.n_components * (self.dim * (1 if quad.onehot is None else n_groups) + 16 * n_groups)
         rows = max(1, self._CHUNK // per_row)
-        outs = [self._student_posterior(x64[i:i + rows], s64[i:i + rows], params)
-                for i in range(0, x64.shape[0], rows)] or [self._student_posterior(x64, s64, params)]
-        den, grad, logp = (torch.cat(parts, dim=0) for parts in zip(*outs))
+        den, grad, logp = _map_rows(lambda x, s: self._student_posterior(x, s, params), rows, x64,
+                                    s64.expand(x64.shape[0], 1))
         return (den.reshape(*batch, self.dim).to(xhat.dtype), grad.reshape(*batch, self.dim).to(xhat.dtype),
                 logp.reshape(batch).to(xhat.dtype))
 
     def _mixture_posterior(self, xhat, sig, params):
-        """Gaussian kernel: one variance ``v = sigma^2``."""
+        """Gaussian kernel: one variance ``v = sigma^2``; one block of rows."""
         means, lam, vecs, logw = params[:4]
         diff = xhat.unsqueeze(-2) - means  # (..., K, N)
         z = diff if vecs is None else _rotate(diff, vecs)
@@ -553,11 +572,38 @@ def _cat(parts, dim=0):
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
+def _chunk_rows(per_row: int, dtype: torch.dtype) -> int:
+    """Rows per block that keep a temporary of ``per_row`` elements per row under ``_CHUNK_BYTES``."""
+    return max(1, _CHUNK_BYTES // max(1, per_row * dtype.itemsize))
+
+
+def _map_rows(fn, rows: int, *args):
+    """``fn(*args)`` on blocks of at most ``rows`` rows (the first dimension of every arg), its
+    outputs (a tensor or a tuple of them) written into full-size results: no concatenation copy,
+    no host synchronisation. Equals one call wherever fn treats its rows independently."""
+    n = args[0].shape[0]
+    if n <= rows:
+        return fn(*args)
+    outs = single = None
+    for i in range(0, n, rows):
+        part = fn(*(a[i:i + rows] for a in args))
+        single = isinstance(part, torch.Tensor)
+        part = (part,) if single else part
+        if outs is None:
+            outs = tuple(p.new_empty((n, *p.shape[1:])) for p in part)
+        for out, p in zip(outs, part):
+            out[i:i + rows] = p
+    return outs[0] if single else outs
+
+
 def _rotate(v: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
-    """``out[..., k, m] = sum_n v[..., k, n] vecs[k, n, m]`` as a broadcast product and sum:
-    unlike a batched matmul, its rounding does not depend on the batch size, so sample i's
-    result is bit-identical whatever the batch it is in."""
-    return (v.unsqueeze(-1) * vecs).sum(-2)
+    """``out[b, k, m] = sum_n v[b, k, n] vecs[k, n, m]`` for v ``(B, K, N)``, as a broadcast
+    product and sum over blocks of rows whose ``(rows, K, N, N)`` product stays under
+    ``_CHUNK_BYTES`` (never the whole ``(B, K, N, N)`` product): unlike a batched matmul, its
+    rounding does not depend on the batch size (with MKL, float32/float64 products of 5 or more
+    rows differ in the last bit from those of 1 to 3 rows), so sample i's result is bit-identical
+    whatever the batch it is in, and whatever the block."""
+    return _map_rows(lambda u: (u.unsqueeze(-1) * vecs).sum(-2), _chunk_rows(vecs.numel(), v.dtype), v)
 
 
 def exact_field(process, data) -> ExactField:
