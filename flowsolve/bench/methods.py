@@ -119,8 +119,10 @@ class Method:
 
 class CountingFlow:
     """``flow`` with its evaluations counted: per sample, every call of ``drift`` adds one to
-    each row it evaluates (``nfe``, int64, length n); ``calls`` counts batch calls. ``t`` seen
-    outside ``[t_min, t_max]`` is counted in ``outside`` (the field then refuses it)."""
+    each row it evaluates (``nfe``, int64, length n); ``calls`` counts batch calls. Calls with a
+    ``t`` outside ``[t_min, t_max]`` are counted in ``outside`` and the first such time is kept in
+    ``first_outside`` (for the failure message); the time is passed on unchanged, and the field
+    refuses it."""
 
     def __init__(self, flow, n: int, device=None):
         self.flow = flow
@@ -129,15 +131,19 @@ class CountingFlow:
         self.nfe = torch.zeros(n, dtype=torch.long, device=device)
         self.calls = 0
         self.outside = 0
+        self.first_outside = None
 
     def drift(self, x, t, rows=None, **kwargs):
         """``rows`` (optional index or mask) says which samples ``x`` holds when a peer
         evaluates only some of them; by default all n."""
         self.calls += 1
-        tt = torch.as_tensor(t, dtype=torch.float64)
+        tt = torch.as_tensor(t, dtype=torch.float64).detach()
         slack = 1e-12 * max(1.0, abs(self.t_max))
-        if bool(((tt < self.t_min - slack) | (tt > self.t_max + slack)).any()):
+        bad = (tt < self.t_min - slack) | (tt > self.t_max + slack)
+        if bool(bad.any()):
             self.outside += 1
+            if self.first_outside is None:
+                self.first_outside = float(tt.reshape(-1)[bad.reshape(-1)][0])
         if rows is None:
             self.nfe += 1
         else:

@@ -78,24 +78,6 @@ def _import(module: str):
     return importlib.import_module(module)
 
 
-class _RecordingFlow(CountingFlow):
-    """A :class:`CountingFlow` that also remembers the first time it saw outside the span (for
-    the failure message). The time is passed on unchanged: the field refuses it."""
-
-    def __init__(self, flow, n: int, device=None):
-        super().__init__(flow, n, device)
-        self.first_outside = None
-
-    def drift(self, x, t, rows=None, **kwargs):
-        if self.first_outside is None:
-            tt = torch.as_tensor(t, dtype=torch.float64).detach()
-            slack = 1e-12 * max(1.0, abs(self.t_max))
-            bad = (tt < self.t_min - slack) | (tt > self.t_max + slack)
-            if bool(bad.any()):
-                self.first_outside = float(tt.reshape(-1)[bad.reshape(-1)][0])
-        return super().drift(x, t, rows=rows, **kwargs)
-
-
 def _finite_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
 
@@ -159,7 +141,7 @@ class _PeerMethod(Method):
     def run(self, task: Task) -> Run:
         self._check(task)
         x0 = task.x_init.detach().to(torch.float64)
-        counting = _RecordingFlow(self._flow(task), x0.shape[0], device=x0.device)
+        counting = CountingFlow(self._flow(task), x0.shape[0], device=x0.device)
         try:
             with torch.no_grad():
                 run = self._solve(task, x0, counting)
@@ -167,10 +149,10 @@ class _PeerMethod(Method):
             return failed_run(x0, counting.nfe, self._failure(err, counting, task.process))
         return run
 
-    def _solve(self, task: Task, x0: torch.Tensor, counting: _RecordingFlow) -> Run:
+    def _solve(self, task: Task, x0: torch.Tensor, counting: CountingFlow) -> Run:
         raise NotImplementedError
 
-    def _failure(self, err: Exception, counting: _RecordingFlow, process) -> str:
+    def _failure(self, err: Exception, counting: CountingFlow, process) -> str:
         if counting.first_outside is not None:
             return (f"{self.name} evaluated the field at t={counting.first_outside:.6g} outside "
                     f"[{process.t_min!r}, {process.t_max!r}]")
