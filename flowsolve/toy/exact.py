@@ -260,25 +260,14 @@ class MixtureField(ExactField):
                 logp.reshape(batch).to(xhat.dtype))
 
     def _mixture_posterior(self, xhat, sig, params):
-        """Gaussian kernel: one variance ``v = sigma^2``; one block of rows."""
+        """Gaussian kernel: component k is ``N(m_k, S_k + sigma^2 I)``, so its variance per
+        eigen-coordinate is ``lambda + sigma^2``; one block of rows."""
         means, lam, vecs, logw = params[:4]
         diff = xhat.unsqueeze(-2) - means  # (..., K, N)
         z = diff if vecs is None else _rotate(diff, vecs)
-        sig2 = (sig**2).unsqueeze(-1)  # (..., 1, 1)
-        v, log_node = sig2, torch.zeros_like(sig2)  # one node, v = sigma^2
-        lv = lam.unsqueeze(-2) + v.unsqueeze(-1)  # (..., K, J, N)
-        zz = z.unsqueeze(-2)
-        loglik = -0.5 * (torch.log(lv).sum(-1) + (zz**2 / lv).sum(-1) + self.dim * _LOG_2PI)
-        logits = logw.unsqueeze(-1) + log_node + loglik  # (..., K, J)
-        log_p = torch.logsumexp(logits.flatten(-2), dim=-1)
-        rho = torch.exp(logits - log_p[..., None, None])
-        shrink = (rho.unsqueeze(-1) * (lam.unsqueeze(-2) / lv)).sum(-2) * z  # (..., K, N)
-        inv = (rho.unsqueeze(-1) / lv).sum(-2) * z
-        if vecs is not None:
-            shrink = _rotate(shrink, vecs.transpose(-1, -2))
-            inv = _rotate(inv, vecs.transpose(-1, -2))
-        den = (rho.sum(-1).unsqueeze(-1) * means).sum(-2) + shrink.sum(-2)
-        return den, -inv.sum(-2), log_p
+        lv = lam + (sig**2).unsqueeze(-1)  # lambda + sigma^2, (..., K, N)
+        loglik = -0.5 * (torch.log(lv).sum(-1) + (z**2 / lv).sum(-1) + self.dim * _LOG_2PI)
+        return self._combine(logw + loglik, 1.0 / lv, z, params)
 
     def _combine(self, logits, inv_var, z, params):
         """Denoiser, gradient and log p from component logits ``(B, K)`` and ``E_t[(lambda + v)^-1]``
