@@ -156,7 +156,7 @@ def bench(problems=None, solvers=None, nfe=None, rtol=None, seeds=(0,), workers=
     results = work_precision(problems, solvers, nfe=nfe, rtol=rtol, seeds=seeds, workers=workers, out=out,
                              cache_dir=cache, resume=resume)
     print(report.format_table(results, color=stream.isatty() if hasattr(stream, "isatty") else False), file=stream)
-    written = report.write_all(results, out) if plot else report.write_all(results, out, plots=False)
+    written = report.write_all(results, out, plots=plot)
     print(f"\n{len(results.records)} cells in {time.perf_counter() - start:.1f} s; wrote "
           f"{', '.join(str(p) for p in written)}", file=stream)
     return 0

@@ -59,6 +59,7 @@ from importlib import metadata
 
 import torch
 
+from ..solvers.solution import finite_rows
 from .methods import CountingFlow, Method, Run, Task, failed_run
 
 #: Most steps an adaptive peer may take (flowsolve's adaptive solvers' default ``max_steps``).
@@ -76,10 +77,6 @@ _PEERS_HINT = "pip install 'flowsolve[peers]'"
 def _import(module: str):
     """Import ``module`` when a method runs (never at import time of this file)."""
     return importlib.import_module(module)
-
-
-def _finite_rows(x: torch.Tensor) -> torch.Tensor:
-    return torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
 
 
 def _karras_times(process, steps: int) -> torch.Tensor:
@@ -169,7 +166,7 @@ class _PeerMethod(Method):
             v = torch.as_tensor(v, dtype=torch.long)
             return (v.expand(n) if v.ndim == 0 else v).to(dev).clone()
 
-        bad = ~_finite_rows(x)
+        bad = ~finite_rows(x)
         failed = bad if failed is None else (torch.as_tensor(failed, dtype=torch.bool).to(dev) | bad)
         parts = [message] if message else []
         if bool(bad.any()):
