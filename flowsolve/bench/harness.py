@@ -423,8 +423,10 @@ def work_precision(problems, methods=None, *, nfe=None, rtol=None, seeds=(0,), w
 
     ``workers > 1`` runs cells in that many processes. Each cell runs with ``threads`` torch
     threads (default 1, restored afterwards): the bench's problems are small batches, on which
-    a thread pool costs more than it gives (on some machines 100x per small op), and one
-    thread per cell makes wall times comparable and lets workers scale. With ``out``,
+    a thread pool gains nothing and costs much when the cores are busy (workers, other jobs:
+    1.6x per field call beside one busy process on 2 cores, up to 100x per small op under
+    heavier load; ``benchmarks/bench_cell_costs.py``), and one thread per cell makes wall
+    times comparable and lets workers scale. With ``out``,
     each cell's record is saved as ``out/cells/<key>.json`` and, with ``resume=True``, a cell
     already saved there is read back instead of run. ``cache_dir``: where adaptive references
     are cached (default ``$FLOWSOLVE_CACHE`` or ``~/.cache/flowsolve/references``).
