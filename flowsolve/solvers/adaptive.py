@@ -173,18 +173,32 @@ class PIDController:
         return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, span))
 
 
+@dataclass(frozen=True)
+class StepVariable:
+    """The variable ``u(t)`` an adaptive method steps in, when it is not the time itself (e.g.
+    ``lambda = -log sigma(t)`` for exponential integrators): ``of_time`` maps float64 times to
+    ``u``, ``time_of`` maps ``u`` back; both elementwise on float64 tensors, ``u`` increasing or
+    decreasing with ``t``. Step sizes, ``first_step``, ``dt_min`` and ``dt_max`` are then in ``u``."""
+
+    name: str
+    of_time: Callable[[torch.Tensor], torch.Tensor]
+    time_of: Callable[[torch.Tensor], torch.Tensor]
+
+
 def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, controller: PIDController,
                  save: SaveAt | None = None, max_steps: int = 10_000) -> Solution:
     """Integrate from ``t0`` to ``t1`` with ``method`` under ``controller``, one step size per sample.
 
     ``method`` provides ``error_order`` (q of the controller) and
-    ``init(term, x, t0) -> carry`` (per-sample tensors, e.g. the first stage of an FSAL pair),
-    ``first_step(term, x, t0, t1, carry, controller) -> h`` (per sample),
-    ``attempt(term, x, t, t_next, h, carry, rows) -> (x_new, err, (a, b), carry_new)`` for the
+    ``init(term, x, u0) -> carry`` (per-sample tensors, e.g. the first stage of an FSAL pair),
+    ``first_step(term, x, u0, u1, carry, controller) -> h`` (per sample),
+    ``attempt(term, x, u, u_next, h, carry, rows) -> (x_new, err, (a, b), carry_new)`` for the
     samples ``rows`` (``h`` signed, float64; ``err`` the local error estimate; ``a, b`` the
     magnitudes the error is scaled by) and
-    ``commit(term, rows, accepted, carry, carry_new, x_new, t_next) -> carry`` (the rows' carry
-    after the decision).
+    ``commit(term, rows, accepted, carry, carry_new, x_new, u_next) -> carry`` (the rows' carry
+    after the decision). The ``u`` are times, or the method's :class:`StepVariable` when it has
+    one as ``method.variable`` (then the loop steps in that variable; the solution's times and
+    the save times stay times).
 
     A sample whose step falls below ``dt_min`` (repeated rejections, or non-finite field values,
     which reject the attempt) stops there with an underflow; a sample whose first evaluation is
@@ -194,23 +208,34 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     """
     max_steps = check_int("max_steps", max_steps, 1)
     n, dev = x.shape[0], x.device
-    direction = 1.0 if t1 > t0 else -1.0
-    span = abs(t1 - t0)
+    variable = getattr(method, "variable", None)
+    if variable is None:
+        u0, u1 = t0, t1
+    else:
+        u0, u1 = (float(variable.of_time(torch.tensor(float(v), dtype=torch.float64))) for v in (t0, t1))
+    direction = 1.0 if u1 > u0 else -1.0
+    span = abs(u1 - u0)
     q = float(method.error_order)
-    t = torch.full((n,), t0, dtype=torch.float64, device=dev)
+    u = torch.full((n,), u0, dtype=torch.float64, device=dev)
     code = torch.where(finite_rows(x), NONE, NONFINITE)
     steps = torch.zeros(n, dtype=torch.long, device=dev)
     accepted = torch.zeros_like(steps)
     if save is not None:
         save.start(x, t0)
 
+    def times():
+        """The samples' times (the ends exactly)."""
+        if variable is None:
+            return u
+        return torch.where(u == u1, t1, torch.where(u == u0, t0, variable.time_of(u)))
+
     def interrupt(error: FieldError, step: int):
         """The field raised: say where, with what was computed before."""
         error.step = step
-        error.solution = interrupted(_solution(term, x, t, code, steps, accepted, save), t1)
+        error.solution = interrupted(_solution(term, x, times(), code, steps, accepted, save), t1)
 
     try:
-        carry = method.init(term, x, t0)
+        carry = method.init(term, x, u0)
         first_finite = (torch.stack([finite_rows(v) for v in carry.values()]).all(0) if carry
                         else torch.ones_like(code, dtype=torch.bool))
         code = torch.where((code == NONE) & ~first_finite, NONFINITE, code)
@@ -218,45 +243,50 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             h = torch.full((n,), controller.first_step, dtype=torch.float64, device=dev)
         else:
             with torch.no_grad():
-                h = method.first_step(term, x, t0, t1, carry, controller)
+                h = method.first_step(term, x, u0, u1, carry, controller)
     except FieldError as err:
         interrupt(err, 0)
         raise
     h = h.clamp(max=span if controller.dt_max is None else min(span, controller.dt_max))
     if controller.shared_step and n:
-        h = h[code == NONE].min().expand(n).clone() if bool((code == NONE).any()) else h
+        h = _shared(h, code == NONE)
     e_prev = torch.ones(n, dtype=torch.float64, device=dev)
     e_prev2 = torch.ones_like(e_prev)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     rejected_nonfinite = torch.zeros(n, dtype=torch.bool, device=dev)
-    lo, hi = min(t0, t1), max(t0, t1)
+    lo, hi = min(u0, u1), max(u0, u1)
+    fixed_dt_min = None if controller.dt_min is None else torch.full_like(u, controller.dt_min)
     iteration = 0
     while True:
         active = ~done & (code == NONE) & (steps < max_steps)
         # a step below dt_min: that sample stops where it is (underflow), the others go on
-        dt_min = (64 * torch.finfo(torch.float64).eps * torch.clamp(t.abs(), min=span)
-                  if controller.dt_min is None else torch.full_like(t, controller.dt_min))
+        dt_min = (64 * torch.finfo(torch.float64).eps * torch.clamp(u.abs(), min=span)
+                  if fixed_dt_min is None else fixed_dt_min)
         under = active & (h < dt_min)
         code = torch.where(under, UNDERFLOW, code)
         # the loop's one host synchronisation: which samples step now (and whether any does)
         rows = (active & ~under).nonzero().flatten()
         if rows.numel() == 0:
             break
-        ta, ha = t[rows], h[rows]
-        remaining = (t1 - ta) * direction
+        # while every sample steps (most iterations), work on the whole batch: no gathers or scatters
+        every = rows.numel() == n
+        take = (lambda v: v) if every else (lambda v: v[rows])  # noqa: E731
+        ua, ha = take(u), take(h)
+        remaining = (u1 - ua) * direction
         step = torch.minimum(ha, remaining)
-        t_next = torch.where(ha >= remaining, torch.full_like(ta, t1), ta + step * direction)
+        u_next = torch.where(ha >= remaining, u1, ua + step * direction)
         if save is not None:  # land exactly on the next save time
-            target, has = save.next_times(rows)
-            to_target = (target - ta) * direction
+            target_t, has = save.next_times(rows)
+            target = target_t if variable is None else variable.of_time(target_t)
+            to_target = (target - ua) * direction
             clip = has & (to_target > 0) & (to_target <= step)
             step = torch.where(clip, to_target, step)
-            t_next = torch.where(clip, target, t_next)
-        t_next = t_next.clamp(lo, hi)
+            u_next = torch.where(clip, target, u_next)
+        u_next = u_next.clamp(lo, hi)
         term.begin_step()
-        carry_rows = {k: v[rows] for k, v in carry.items()}
+        carry_rows = carry if every else {k: v[rows] for k, v in carry.items()}
         try:
-            x_new, err, (a, b), carry_new = method.attempt(term, x[rows], ta, t_next, step * direction, carry_rows,
+            x_new, err, (a, b), carry_new = method.attempt(term, take(x), ua, u_next, step * direction, carry_rows,
                                                            rows)
         except FieldError as error:
             interrupt(error, int(steps[rows].max()))
@@ -265,41 +295,56 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
         # solve differentiates the steps taken, with the step sizes held fixed
         e = controller.error_ratio(err.detach(), a.detach(), b.detach())
         finite = finite_rows(x_new) & torch.isfinite(e)
-        rejected_nonfinite[rows] = ~finite
-        e = torch.where(finite, e, torch.full_like(e, math.inf))
+        e = torch.where(finite, e, math.inf)
         if controller.shared_step:  # the samples with finite values share; a non-finite one shrinks alone
-            e = torch.where(finite, torch.where(finite, e, 0.0).max(), e)
+            e = torch.where(finite, torch.where(finite, e, 0.0).amax(), e)
         ok = e <= 1.0
-        steps[rows] += 1
-        factor = controller.factor(e, e_prev[rows], e_prev2[rows], ok, q)
+        e_prev_rows = take(e_prev)
+        factor = controller.factor(e, e_prev_rows, take(e_prev2), ok, q)
         # an accepted step cut short by the end or a save time says little about the step the
         # controller wanted: keep that one rather than scaling the clipped one
         h_new = torch.where(ok & (step < ha), ha, step * factor)
         if controller.dt_max is not None:
             h_new = h_new.clamp(max=controller.dt_max)
-        if controller.shared_step and bool(finite.any()):
-            h_new = torch.where(finite, h_new[finite].min(), h_new)
-        h[rows] = h_new
+        if controller.shared_step:
+            h_new = _shared(h_new, finite)
         try:
-            kept = method.commit(term, rows, ok, carry_rows, carry_new, x_new, t_next)
+            kept = method.commit(term, rows, ok, carry_rows, carry_new, x_new, u_next)
         except FieldError as error:
             interrupt(error, int(steps[rows].max()))
             raise
-        # out of place: a differentiable solve needs the states it has overwritten
-        carry = {k: carry[k].index_put((rows,), v) for k, v in kept.items()}
-        x = x.index_put((rows,), torch.where(per_sample(ok, x_new), x_new, x[rows]))
-        t[rows] = torch.where(ok, t_next, ta)
-        e_prev2[rows] = torch.where(ok, e_prev[rows], e_prev2[rows])
-        e_prev[rows] = torch.where(ok, e.clamp_min(1e-10), e_prev[rows])
-        accepted[rows] += ok.long()
+        moved = per_sample(ok, x_new)
+        if every:
+            rejected_nonfinite = ~finite
+            steps = steps + 1
+            h = h_new
+            carry = kept
+            # out of place: a differentiable solve needs the states it has overwritten
+            x = torch.where(moved, x_new, x)
+            u = torch.where(ok, u_next, u)
+            e_prev2 = torch.where(ok, e_prev, e_prev2)
+            e_prev = torch.where(ok, e.clamp_min(1e-10), e_prev)
+            accepted = accepted + ok
+            done = ok & (u_next == u1)
+        else:
+            rejected_nonfinite[rows] = ~finite
+            steps[rows] += 1
+            h[rows] = h_new
+            carry = {k: carry[k].index_put((rows,), v) for k, v in kept.items()}
+            x = x.index_put((rows,), torch.where(moved, x_new, x[rows]))
+            u[rows] = torch.where(ok, u_next, ua)
+            e_prev2[rows] = torch.where(ok, e_prev_rows, e_prev2[rows])
+            e_prev[rows] = torch.where(ok, e.clamp_min(1e-10), e_prev_rows)
+            accepted[rows] += ok
+            done[rows] = ok & (u_next == u1)
         if save is not None:
-            save.record(rows[ok], t_next[ok], x_new[ok])
-        done[rows] = ok & (t_next == t1)
+            reached = u_next if variable is None else torch.where(clip, target_t, math.nan)
+            save.record(rows[ok], reached[ok], x_new[ok])
         if term.callback is not None:
-            term.callback(iteration, t.clone(), x, None)  # t is updated in place later
+            term.callback(iteration, times().clone(), x, None)
         iteration += 1
     code = torch.where((code == NONE) & ~done, MAX_STEPS, code)
-    sol = _solution(term, x, t, code, steps, accepted, save, max_steps)
+    sol = _solution(term, x, times(), code, steps, accepted, save, max_steps)
     underflow_nonfinite = (code == UNDERFLOW) & rejected_nonfinite
     if bool(underflow_nonfinite.any()):
         sol.message += (f"; sample {int(underflow_nonfinite.nonzero()[0])} underflowed after non-finite field "
@@ -307,7 +352,16 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
     elif bool(((code == UNDERFLOW) & (accepted == 0)).any()):
         sol.message += "; an underflow before any accepted step usually means tolerances no step can meet"
     sol.extras["max_steps"] = max_steps
+    if variable is not None:
+        sol.extras["step_variable"] = variable.name
     return sol
+
+
+def _shared(h: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
+    """One step size for the batch: the smallest of ``h`` over the samples ``among``; the others
+    keep theirs (all of them when ``among`` is empty). No host synchronisation."""
+    smallest = torch.where(among, h, math.inf).amin()
+    return torch.where(among & torch.isfinite(smallest), smallest, h)
 
 
 def _solution(term, x, t, code, steps, accepted, save, max_steps=None) -> Solution:
