@@ -8,13 +8,14 @@ run by :func:`run_fixed_grid`; an adaptive one is a method run by :func:`run_ada
 :class:`PIDController`; every field evaluation goes through a :class:`Term`, which counts it.
 """
 
-from . import exponential, multistep, rk, stochastic
+from . import dpm2, exponential, multistep, rk, stochastic
 from .adaptive import PIDController, run_adaptive
 from .api import sample, solve
+from .dpm2 import dpm_2  # noqa: F401
 from .exponential import (dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_3m,  # noqa: F401
                           unipc)
 from .fixed import run_fixed_grid
-from .multistep import ipndm, ipndm_v, lms  # noqa: F401
+from .multistep import deis, ipndm, ipndm_v, lms  # noqa: F401
 from .noise import BrownianMemory, GeneratorNoise, NoiseSource
 from .registry import SolverInfo, available_solvers, get_solver, register_solver
 from .rk import ButcherTableau, EmbeddedPair, rk_step
@@ -31,4 +32,4 @@ euler, midpoint, heun, ralston, rk4, bosh3, tsit5, dopri5 = (rk.SOLVERS[k] for k
 __all__ = ["solve", "sample", "Solution", "FAULT_KINDS", "SolverInfo", "available_solvers", "register_solver",
            "get_solver", "PIDController", "run_fixed_grid", "run_adaptive", "SaveAt", "Term", "FieldError",
            "NoiseSource", "GeneratorNoise", "BrownianMemory", "ButcherTableau", "EmbeddedPair", "rk_step",
-           *rk.SOLVERS, *exponential.SOLVERS, *multistep.SOLVERS, *stochastic.SOLVERS]
+           *rk.SOLVERS, *exponential.SOLVERS, *multistep.SOLVERS, *dpm2.SOLVERS, *stochastic.SOLVERS]

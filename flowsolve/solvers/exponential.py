@@ -27,9 +27,10 @@ for small ``|z|``):
   3M integrates the quadratic interpolant of ``D`` exactly: its second-difference term has
   twice the coefficient of the reference codes (LuChengTHU/dpm-solver, diffusers, k-diffusion),
   whose version (``variant="published"``) is only second order (see docs/solvers_exponential.md).
-* ``unipc`` -- UniPC (Zhao et al. 2023) with ``B(h) = e^h - 1`` (``bh2``), data
-  prediction, predictor UniP-2 and corrector UniC, 1 NFE per step: the evaluation at the
-  predicted point serves the corrector and the next predictor; no corrector after the last step.
+* ``unipc`` -- UniPC (Zhao et al. 2023) with ``B(h) = e^h - 1`` (``bh2``, or ``h`` with
+  ``variant="bh1"``), data prediction, predictor UniP-2 (``order`` 1-3) and corrector UniC
+  (``corrector=False`` for UniP alone), 1 NFE per step: the evaluation at the predicted point
+  serves the corrector and the next predictor; no corrector after the last step.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import math
 import numpy as np
 import torch
 
-from .._validation import check_bool
+from .._validation import check_bool, check_int
 from .fixed import run_fixed_grid
 from .registry import register_solver
 
@@ -234,16 +235,21 @@ def dpmpp_3m(term, x, ts, *, save=None, lower_order_final: bool = True, variant:
     return dpmpp_multistep(3, term, x, ts, save, check_bool("lower_order_final", lower_order_final), variant)
 
 
-# -- UniPC (bh2, data prediction) ----------------------------------------------------------
+# -- UniPC (data prediction) ---------------------------------------------------------------
 
-def unipc_coefficients(k: int, hh: float, rks: list[float]):
-    """UniPC-``bh2`` weights for a step of order ``k``: predictor ``rho_p`` (k-1 entries),
-    corrector ``rho_c`` (k entries) and ``B(h) = e^hh - 1``. ``rks`` are the
+UNIPC_VARIANTS = ("bh2", "bh1")
+UNIPC_MAX_ORDER = 3
+
+
+def unipc_coefficients(k: int, hh: float, rks: list[float], variant: str = "bh2"):
+    """UniPC weights for a step of order ``k``: predictor ``rho_p`` (k-1 entries), corrector ``rho_c``
+    (k entries) and ``B(h)``: ``e^hh - 1`` (``bh2``) or ``hh`` (``bh1``). ``rks`` are the
     ``(lambda_{-j} - lambda_0)/h`` of the k-1 earlier points. The order conditions are
     ``sum_j rho_j r_j^(i-1) = i! hh phi_{i+1}(hh) / B(h)``, i = 1..k, with ``r = 1`` for the
-    new point (Zhao et al. 2023, Alg. 2 / Thm. 3.1); as in the reference code the order-2
-    predictor and the order-1 corrector use the simplified weight 1/2."""
-    b_h = hh * phi(1, hh)
+    new point (Zhao et al. 2023, Alg. 2 / Thm. 3.1, eq. 9); as in the reference code
+    (wl-zhao/UniPC ``multistep_uni_pc_bh_update``, diffusers) the order-2 predictor and the
+    order-1 corrector use the simplified weight 1/2 whatever ``B(h)``."""
+    b_h = hh * phi(1, hh) if variant == "bh2" else hh
     b = np.array([math.factorial(i) * hh * phi(i + 1, hh) / b_h for i in range(1, k + 1)])
     nodes = np.array(list(rks) + [1.0])
     R = np.stack([nodes ** (i - 1) for i in range(1, k + 1)])
@@ -255,23 +261,33 @@ def unipc_coefficients(k: int, hh: float, rks: list[float]):
     return rho_p, rho_c, b_h
 
 
-def unipc(term, x, ts, *, save=None, lower_order_final: bool = True):
-    """UniPC-bh2 (Zhao et al. 2023): UniP-2 predictor + UniC corrector, data prediction, 1 NFE per
-    step. Step i, with ``hh = -h``, ``B(h) = e^hh - 1`` and ``D1_j = (D_{-j} - D_0)/r_j``:
+def unipc(term, x, ts, *, save=None, lower_order_final: bool = True, order: int = 2, variant: str = "bh2",
+          corrector: bool = True):
+    """UniPC (Zhao et al. 2023): UniP-``order`` predictor + UniC corrector, data prediction, 1 NFE per
+    step. Step i, with ``hh = -h``, ``B(h)`` = ``e^hh - 1`` (bh2) or ``hh`` (bh1) and
+    ``D1_j = (D_{-j} - D_0)/r_j``:
 
-        x_lin  = (sigma^dpm_{i+1}/sigma^dpm_i) x_i - alpha_{i+1} B(h) D_0
-        x_pred = x_lin - alpha_{i+1} B(h) sum_j rho_p_j D1_j                      (UniP)
+        x_lin  = (sigma^dpm_{i+1}/sigma^dpm_i) x_i - alpha_{i+1} (e^hh - 1) D_0
+        x_pred = x_lin - alpha_{i+1} B(h) sum_j rho_p_j D1_j                      (UniP, Alg. 2)
         D_new  = D(x_pred, t_{i+1})                                               (the step's evaluation)
-        x_{i+1} = x_lin - alpha_{i+1} B(h) (sum_j rho_c_j D1_j + rho_c_k (D_new - D_0))   (UniC)
+        x_{i+1} = x_lin - alpha_{i+1} B(h) (sum_j rho_c_j D1_j + rho_c_k (D_new - D_0))   (UniC, Alg. 1)
 
-    ``D_new`` is the next step's ``D_0``; no corrector after the last step. Options:
-    ``lower_order_final`` (default True, below 10 steps)."""
+    ``D_new`` is the next step's ``D_0``; no corrector after the last step. UniP-k is order k,
+    UniP-k + UniC order k + 1 (Thm. 3.1). Options: ``order`` (predictor order, default 2, in
+    1..3; the first steps warm up with the history they have), ``variant`` (``"bh2"`` default,
+    or ``"bh1"``), ``corrector`` (default True; False is UniP alone), ``lower_order_final``
+    (default True: below 10 steps the last steps drop to order ``steps - i``; the reference
+    codes do so at every step count, which ``lower_order_final=False`` does not reproduce above 9
+    steps either: see docs/solvers_exponential.md)."""
     lower_order_final = check_bool("lower_order_final", lower_order_final)
-    order = 2
+    order = check_int("order", order, 1, UNIPC_MAX_ORDER)
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"variant must be one of {list(UNIPC_VARIANTS)}, got {variant!r}")
+    corrector = check_bool("corrector", corrector)
     grid = LambdaGrid(term, ts)
     orders = [multistep_order(i, grid.n_steps, order, lower_order_final) for i in range(grid.n_steps)]
     lam, denoised = [], []
-    current = {}  # D at the current point, from the previous step's corrector evaluation
+    current = {}  # D at the current point, from the previous step's evaluation at its end
 
     def step(i, x, t0, t1):
         if i == 0:
@@ -285,14 +301,16 @@ def unipc(term, x, ts, *, save=None, lower_order_final: bool = True):
         d0 = denoised[-1]
         rks = [(lam[-1 - j] - lam[-1]) / h for j in range(1, k)]
         d1s = [(denoised[-1 - j] - d0) / r for j, r in zip(range(1, k), rks)]
-        rho_p, rho_c, b_h = unipc_coefficients(k, hh, rks)
-        x_lin = sd_ratio * x - (alpha_t * b_h) * d0
+        rho_p, rho_c, b_h = unipc_coefficients(k, hh, rks, variant)
+        x_lin = sd_ratio * x - (alpha_t * hh * phi(1, hh)) * d0
         x_pred = x_lin
         for rho, d in zip(rho_p, d1s):
             x_pred = x_pred - (alpha_t * b_h * float(rho)) * d
         if i + 1 == grid.n_steps:
             return x_pred
         current["D"] = term.denoiser(x_pred, t1)
+        if not corrector:
+            return x_pred
         corr = float(rho_c[-1]) * (current["D"] - d0)
         for rho, d in zip(rho_c[:-1], d1s):
             corr = corr + float(rho) * d
@@ -316,4 +334,5 @@ register_solver("dpmpp_3m", dpmpp_3m, kind="ode", order=3, nfe_per_step=1, proce
                 description="multistep DPM-Solver++(3M), data prediction (Lu et al. 2022b); variant='published' for "
                             "the reference codes' second-order weight")
 register_solver("unipc", unipc, kind="ode", order=3, nfe_per_step=1, process_aware=True,
-                description="UniPC-bh2: UniP-2 predictor + UniC corrector, data prediction (Zhao et al. 2023)")
+                description="UniPC-bh2: UniP-2 predictor + UniC corrector, data prediction (Zhao et al. 2023); "
+                            "order 1-3, variant='bh1', corrector=False (UniP alone)")

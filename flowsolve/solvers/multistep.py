@@ -220,7 +220,94 @@ def lms(term, x, ts, *, save=None, order: int = 4):
     return multistep_sigma(term, x, ts, save, order, weights)
 
 
-SOLVERS = {"ipndm": ipndm, "ipndm_v": ipndm_v, "lms": lms}
+# -- DEIS: Adams-Bashforth on eps with the polynomial fitted in another coordinate -----------
+
+DEIS_MAX_ORDER = 3
+# The coordinate each DEIS variant fits its polynomial in, as a function of (t, sigma).
+DEIS_VARIANTS = ("tAB", "rhoAB", "logrho")
+# Gauss-Legendre nodes per step for the weights, in u = log sigma. The integrand l_j(t(e^u)) e^u
+# is analytic near each step; its nearest singularity (VP: where dt/dsigma blows up, at
+# sigma^2 ~ -b_min^2/(2 (b_max - b_min)), a distance pi/2 off the real u axis) leaves 64 nodes
+# exact to rounding even for a single VP step from t = 1e-3 to 0.1 (checked against scipy quad in t).
+DEIS_QUADRATURE_NODES = 64
+_GL_NODES = (np.polynomial.legendre.leggauss(DEIS_QUADRATURE_NODES)[0] + 1) / 2
+_GL_WEIGHTS = np.polynomial.legendre.leggauss(DEIS_QUADRATURE_NODES)[1] / 2
+
+
+def deis_weights(process, ts: torch.Tensor, order: int, variant: str = "tAB") -> list[list[float]]:
+    """Per-step weights ``b_{i,j}`` (newest first, ``k_i = min(order, i + 1)`` of them) of DEIS
+    (Zhang & Chen 2023, eq. 14 and Sec. 4): with ``x̂ = x/s`` and ``eps = (x̂ - D)/sigma``,
+    ``dx̂/dt = sigma'(t) eps``, and eps is replaced by its Lagrange interpolant through the last k
+    points in a coordinate ``c``:
+
+        b_{i,j} = int_{t_i}^{t_{i+1}} sigma'(tau) l_j(c(tau)) dtau = int_{sigma_i}^{sigma_{i+1}} l_j(c) dsigma,
+
+    ``l_j`` the Lagrange basis through ``c_i, ..., c_{i-k+1}`` that is 1 at ``c_{i-j}``.
+    ``variant``: ``"tAB"`` ``c = t`` (the process time; qsh-zh/deis ``get_ab_eps_coef``, which
+    integrates the same thing by a 10000-point left Riemann sum in t), ``"rhoAB"`` ``c = sigma``
+    (= ``lms_weights``: the exact variable-step Adams-Bashforth in sigma), ``"logrho"``
+    ``c = log sigma`` (diffusers' ``DEISMultistepScheduler``, closed form there).
+    Computed once per grid, vectorised over the steps: ``DEIS_QUADRATURE_NODES``-point
+    Gauss-Legendre in ``u = log sigma`` (``dsigma = e^u du``), ``t(sigma)`` by the process's
+    ``_t_of_sigma`` at the nodes."""
+    if variant not in DEIS_VARIANTS:
+        raise ValueError(f"variant must be one of {list(DEIS_VARIANTS)}, got {variant!r}")
+    ts = ts.detach().to("cpu", torch.float64)
+    sigma = process._sigma(ts).numpy()
+    log_sigma = np.log(sigma)
+    u0, du = log_sigma[:-1, None], np.diff(log_sigma)[:, None]
+    u = u0 + du * _GL_NODES  # (steps, nodes)
+    quad_w = du * _GL_WEIGHTS * np.exp(u)  # int_{sigma_i}^{sigma_{i+1}} f dsigma = sum quad_w f
+    if variant == "tAB":
+        c_grid = ts.numpy()
+        c_nodes = process._t_of_sigma(torch.from_numpy(np.exp(u))).numpy()
+    elif variant == "rhoAB":
+        c_grid, c_nodes = sigma, np.exp(u)
+    else:
+        c_grid, c_nodes = log_sigma, u
+    out = []
+    for i in range(len(sigma) - 1):
+        k = min(order, i + 1)
+        pts = [c_grid[i - j] for j in range(k)]
+        row = []
+        for j in range(k):
+            basis = np.ones_like(c_nodes[i])
+            for m in range(k):
+                if m != j:
+                    basis = basis * (c_nodes[i] - pts[m]) / (pts[j] - pts[m])
+            row.append(float(np.dot(quad_w[i], basis)))
+        out.append(row)
+    return out
+
+
+def deis(term, x, ts, *, save=None, order: int = 3, variant: str = "tAB"):
+    """DEIS (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with Exponential Integrator",
+    Sec. 4, eq. 14; qsh-zh/deis): the exponential integrator with an Adams-Bashforth polynomial
+    for eps, 1 NFE per step. In ``x̂ = x/s`` the linear part is exact (``x_{i+1} = (s_{i+1}/s_i) x_i
+    + s_{i+1} (...)``) and
+
+        x̂_{i+1} = x̂_i + sum_j b_{i,j} eps_{i-j},   b_{i,j} = int_{t_i}^{t_{i+1}} sigma'(tau) l_j(tau) dtau,
+
+    ``eps = (x̂ - D)/sigma`` (the same ``d`` as ``lms``), ``l_j`` the Lagrange basis through the last
+    ``k = min(order, i + 1)`` grid times (``deis_weights``, precomputed once per grid). Order
+    ``order`` on smooth grids. On EDM and PFGM++ (``sigma = t``) tAB is ``lms``.
+
+    Options: ``order`` (default 3, in 1..3; 1 is DDIM), ``variant``: ``"tAB"`` (default, the
+    polynomial in t), ``"rhoAB"`` (in sigma: the same method as ``lms``/``ipndm_v``, exact
+    variable-step AB in sigma), ``"logrho"`` (in log sigma, diffusers' ``DEISMultistepScheduler``
+    without its lower-order final steps)."""
+    order = check_int("order", order, 1, DEIS_MAX_ORDER)
+    if variant not in DEIS_VARIANTS:
+        raise ValueError(f"variant must be one of {list(DEIS_VARIANTS)}, got {variant!r}")
+    table = deis_weights(term.process, ts, order, variant)
+
+    def weights(sigma, i, k, ds):
+        return _combine(table[i], ds)
+
+    return multistep_sigma(term, x, ts, save, order, weights)
+
+
+SOLVERS = {"ipndm": ipndm, "ipndm_v": ipndm_v, "lms": lms, "deis": deis}
 register_solver("ipndm", ipndm, kind="ode", order=2, nfe_per_step=1, process_aware=True,
                 description="improved PNDM: fixed-weight Adams-Bashforth 4 in sigma (Zhang & Chen 2023); order 4 on "
                             "steps equal in sigma, 2 asymptotically on varying steps")
@@ -229,3 +316,7 @@ register_solver("ipndm_v", ipndm_v, kind="ode", order=4, nfe_per_step=1, process
                             "for zju-pi/diff-sampler's (ComfyUI's) weights, which are not consistent on most grids")
 register_solver("lms", lms, kind="ode", order=4, nfe_per_step=1, process_aware=True,
                 description="k-diffusion's linear multistep: exact variable-step Adams-Bashforth 4 in sigma")
+
+register_solver("deis", deis, kind="ode", order=3, nfe_per_step=1, process_aware=True,
+                description="DEIS tAB (Zhang & Chen 2023): exponential integrator, eps polynomial in t, Adams-Bashforth "
+                            "order 3; variant='rhoAB' (= lms) or 'logrho' (diffusers')")
