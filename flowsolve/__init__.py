@@ -15,6 +15,7 @@ from .processes import EDM, PFGMPP, SDE, VE, VP, Diffusion, LinearSDE, Poisson, 
 from .solvers import (ButcherTableau, FieldError, NoiseSource, PIDController, Solution, available_solvers,
                       register_solver, sample, solve)
 from .toy.exact import ExactField, exact_field
+from .tuning import TunedGrid, gits_grid, tune_grid
 
 __version__ = "0.1.0"
 
@@ -33,5 +34,5 @@ __all__ = [
     "Field", "ExactField", "exact_field", "probability_flow", "reverse_sde", "ProbabilityFlowODE",
     "ReverseSDE", "toy", "solvers", "solve", "sample", "Solution", "FieldError", "PIDController",
     "available_solvers", "register_solver", "ButcherTableau", "NoiseSource", "available_grids", "make_grid",
-    "to_torchsde",
+    "to_torchsde", "tune_grid", "TunedGrid", "gits_grid",
 ]

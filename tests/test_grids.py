@@ -70,7 +70,8 @@ def custom_processes():
 
 def test_available_grids_names():
     grids = fs.available_grids()
-    assert set(grids) == {"uniform", "log_sigma", "logsnr", "karras", "kl_optimal", "quadratic", "explicit"}
+    assert set(grids) == {"uniform", "log_sigma", "logsnr", "karras", "kl_optimal", "quadratic", "dmn",
+                          "explicit"}
     assert all(isinstance(v, str) and v for v in grids.values())
 
 
@@ -203,7 +204,7 @@ def test_unknown_grid_lists_the_names_and_the_closest():
     with pytest.raises(ValueError) as info:
         fs.make_grid(fs.EDM(), "karas", 10)
     assert str(info.value) == ("grid must be one of ['uniform', 'log_sigma', 'logsnr', 'karras', 'quadratic', "
-                               "'kl_optimal', 'explicit'], got 'karas'; did you mean 'karras'?")
+                               "'kl_optimal', 'dmn', 'explicit'], got 'karas'; did you mean 'karras'?")
     with pytest.raises(ValueError, match=r"did you mean 'log_sigma'\?"):
         fs.make_grid(fs.EDM(), "log-sigma", 10)
     with pytest.raises(ValueError, match=r"got 'cosine'$"):  # nothing close: no suggestion
@@ -328,3 +329,43 @@ def test_explicit_times_within_the_dtype_slack_are_clamped_onto_the_span():
     assert fs.make_grid(process, "explicit", ts=ts).tolist() == [80.0, 1.0, process.t_min]
     flow = fs.probability_flow(process, fs.exact_field(process, fs.toy.Gaussian([0.0], [1.0])))
     assert float(fs.solve(flow, torch.zeros(2, 1), ts, "euler").t[0]) == process.t_min
+
+
+# -- DMN (Xue et al. 2024) ----------------------------------------------------------------------
+# Published output: scxue/DM-NonUniform step_optim.py, StepOptim(NoiseScheduleVP('linear',
+# continuous_beta_0=0.1, continuous_beta_1=20.)).get_ts_lambdas(N, 1e-3, 'unif'), run in a scratch
+# folder (torch 2.13, scipy as installed here).
+DMN_PUBLISHED_TS = {
+    4: [0.9999999999999998, 0.629100045909629, 0.41664592939600065, 0.1202306246166189, 0.0010000000000000588],
+    6: [0.9999999999999998, 0.7106528497470868, 0.5351537735095682, 0.4206297931079492, 0.2402705354679129,
+        0.08355078424340252, 0.0010000000000000588],
+}
+#: step_optim.py's 10-step optimum (lambdas) and its bound, sel_lambdas_lof_obj = 11.887490248455979
+DMN_PUBLISHED_LAMBDAS_10 = [-5.024978406659204, -3.422761395810948, -2.765810080929479, -2.44294320706893,
+                            -1.5062478071787357, -0.6453779140089088, 0.2378720572749645, 1.0817588783771899,
+                            1.7740252042612452, 2.6121558222579453, 4.557714932729866]
+
+
+@pytest.mark.parametrize("steps", sorted(DMN_PUBLISHED_TS))
+def test_dmn_grid_matches_the_published_code(steps):
+    process = fs.VP(beta_min=0.1, beta_max=20.0, t_min=1e-3, t_max=1.0)
+    t = fs.make_grid(process, "dmn", steps)
+    assert t[0] == process.t_max and t[-1] == process.t_min and bool((t[1:] < t[:-1]).all())
+    np.testing.assert_allclose(t.numpy(), DMN_PUBLISHED_TS[steps], rtol=0, atol=1e-7)
+
+
+def test_dmn_bound_is_the_published_objective():
+    from flowsolve.grids import dmn_objective
+    assert dmn_objective(DMN_PUBLISHED_LAMBDAS_10) == pytest.approx(11.887490248455979, rel=1e-14)
+    # by hand for one step: only |e^{lambda_1} - e^{lambda_0}| * sigma_vp(lambda_0)^2 / alpha(lambda_0)
+    lam = np.array([-1.0, 2.0])
+    alpha, sigma = 1 / np.sqrt(1 + np.exp(2.0)), 1 / np.sqrt(1 + np.exp(-2.0))
+    assert dmn_objective(lam) == pytest.approx((np.exp(2.0) - np.exp(-1.0)) * sigma**2 / alpha, rel=1e-14)
+
+
+def test_dmn_grid_works_for_every_canonical_process_and_refuses_options():
+    for name in ("EDM", "VE", "PFGMPP"):
+        t = fs.make_grid(make(name), "dmn", 3)
+        assert t.numel() == 4 and bool((t[1:] < t[:-1]).all())
+    with pytest.raises(ValueError, match="rho= is not used by grid='dmn'"):
+        fs.make_grid(fs.EDM(), "dmn", 5, rho=7.0)

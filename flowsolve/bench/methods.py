@@ -5,7 +5,10 @@ Every method answers one :class:`Task` with one :class:`Run`. A peer's NFE is co
 wrapping the flow it is given (:class:`CountingFlow`), never read from the peer's own report.
 
 Method names: a flowsolve solver (``"heun"``), optionally on a named grid (``"heun@log_sigma"``,
-``"dpmpp_2m@karras:rho=3"``... see :func:`method`); a peer as ``"library.solver"``
+``"dpmpp_2m@karras:rho=3"``, ``"unipc@dmn"``... see :func:`method`), or on a grid computed for the
+problem: ``"ipndm@tuned"`` (:func:`flowsolve.tuning.tune_grid` on calibration start points that the
+bench never evaluates on, cached on disk) and ``"euler@gits"`` (:func:`flowsolve.tuning.gits_grid`
+on the same calibration points); a peer as ``"library.solver"``
 (``"torchdiffeq.rk4"``, ``"torchsde.euler"``; ``flowsolve.bench.peers``).
 """
 
@@ -232,6 +235,61 @@ class FlowsolveMethod(Method):
                    message=sol.message)
 
 
+#: Grids computed per problem and budget, not named grids of ``fs.available_grids()``.
+COMPUTED_GRIDS = ("tuned", "gits")
+
+
+class ComputedGridMethod(FlowsolveMethod):
+    """flowsolve's fixed-step ODE solver ``solver`` on a grid computed for the task's process,
+    field and NFE budget: ``"tuned"`` (:func:`flowsolve.tuning.tune_grid` with ``tuning`` as its
+    keyword arguments; start points of ``CALIBRATION_SEED`` and ``HELDOUT_SEED``, never the bench's)
+    or ``"gits"`` (:func:`flowsolve.tuning.gits_grid` on the calibration start points). The tuning
+    runs inside the first cell that needs it (its time is in that cell's wall time) and is cached
+    on disk, so later cells and later runs read it. ``Run.extras`` holds what the tuning cost and
+    its calibration and held-out errors."""
+
+    def __init__(self, solver: str, grid: str, options: dict | None = None, tuning: dict | None = None,
+                 name: str | None = None):
+        if grid not in COMPUTED_GRIDS:
+            raise unknown_choice("computed grid", grid, list(COMPUTED_GRIDS))
+        info = _solvers.registry.get_solver(solver)
+        if info.adaptive or info.kind != "ode":
+            raise ValueError(f"method {solver}@{grid}: a {grid} grid is computed for fixed-step ODE solvers; "
+                             f"{solver!r} is {info.category}")
+        super().__init__(solver, None, None, options, name=name or f"{solver}@{grid}")
+        self.grid = grid
+        self.tuning = dict(tuning or {})
+
+    def settings(self) -> dict:
+        return {**super().settings(), "grid": self.grid, "tuning": self.tuning}
+
+    def grid_for(self, task: Task):
+        """The grid's times for ``task`` (and the TunedGrid for ``"tuned"``, else None)."""
+        from .. import tuning
+        if self.grid == "tuned":
+            tuned = tuning.tune_grid(task.process, task.field, self.solver, int(task.budget), options=self.options,
+                                     **self.tuning)
+            return tuned.ts, tuned
+        return tuning.gits_grid(task.process, task.field, int(task.budget), self.solver, options=self.options,
+                                **self.tuning), None
+
+    def run(self, task: Task) -> Run:
+        import flowsolve as fs
+        if task.budget_kind != "nfe":
+            raise ValueError(f"method {self.name} is fixed-step: its budget is an NFE, not {task.budget_kind}")
+        ts, tuned = self.grid_for(task)
+        x0 = task.x_init
+        sol = fs.sample(task.process, task.field, x0.shape[0], self.solver, grid="explicit", ts=ts, x_init=x0,
+                        dtype=x0.dtype, **self.options)
+        extras = {} if tuned is None else {
+            "tuning_seconds": tuned.seconds, "tuning_cached": tuned.cached, "warm_start": tuned.warm_start,
+            "calibration_rmse": tuned.calibration_rmse, "heldout_rmse": tuned.heldout_rmse,
+            "warm_start_heldout_rmse": tuned.warm_start_heldout_rmse,
+            "objective_evaluations": tuned.objective_evaluations}
+        return Run(x=sol.x, nfe=sol.nfe, n_steps=sol.n_steps, n_rejected=sol.n_rejected, failed=sol.failed,
+                   message=sol.message, extras=extras)
+
+
 def _peer_table() -> dict:
     from .peers import PEERS  # noqa: PLC0415 -- peers import their libraries lazily
     return PEERS
@@ -247,7 +305,8 @@ def method(name) -> Method:
     """The method called ``name`` (a :class:`Method` passes through).
 
     ``"solver"`` or ``"solver@grid"`` (a flowsolve solver on a grid of ``fs.available_grids()``,
-    with options after colons: ``"heun@karras:rho=3"``); ``"library.solver"`` for a peer
+    with options after colons: ``"heun@karras:rho=3"``; or on a grid computed for the problem,
+    ``"ipndm@tuned"``, ``"euler@gits"``: :class:`ComputedGridMethod`); ``"library.solver"`` for a peer
     (``flowsolve.bench.peers.PEERS``). An unknown name is refused with the closest names."""
     if isinstance(name, Method):
         return name
@@ -268,8 +327,11 @@ def method(name) -> Method:
     if not at:  # "heun" (while "heun@" names an empty grid, refused below)
         return FlowsolveMethod(solver)
     grid, *opts = grid_part.split(":")
+    if grid in COMPUTED_GRIDS and not opts:
+        return ComputedGridMethod(solver, grid, name=name)
     if grid not in available_grids() or grid == "explicit":
-        raise unknown_choice(f"grid in method {name!r}", grid, [g for g in available_grids() if g != "explicit"])
+        raise unknown_choice(f"grid in method {name!r}", grid,
+                             [g for g in available_grids() if g != "explicit"] + list(COMPUTED_GRIDS))
     grid_options = {}
     for opt in opts:
         key, eq, value = opt.partition("=")
