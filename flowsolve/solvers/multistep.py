@@ -1,4 +1,4 @@
-"""Linear multistep (Adams-Bashforth) samplers in sigma: iPNDM, its variable-step form, and LMS.
+"""Linear multistep (Adams-Bashforth) samplers in sigma: iPNDM, its variable-step form, LMS and DEIS.
 
 In the canonical form ``x_t = s(t) (y + sigma(t) n)`` the probability-flow ODE of ``x̂ = x / s``
 in ``sigma`` is, for every process (the PFGM++ kernel included),
@@ -34,6 +34,11 @@ differ only in the weights ``b``:
   ``scipy.integrate.quad(epsrel=1e-4)``; the integrand is a polynomial of degree k - 1, so here
   a k-point Gauss-Legendre rule integrates it exactly (the same numbers to rounding, with no
   tolerance to choose and no scipy call in the loop: ~10x faster than k-diffusion's quad).
+* ``deis`` -- DEIS (Zhang & Chen 2023; qsh-zh/deis): ``d`` is the noise prediction ``eps`` and
+  ``dx̂/dt = sigma'(t) eps``; ``b_{i,j} = int_{t_i}^{t_{i+1}} sigma'(tau) l_j(tau) dtau`` with the
+  Lagrange basis in the process time t (``variant="tAB"``), in sigma (``"rhoAB"``: ``lms``'s
+  weights) or in log sigma (``"logrho"``: diffusers' ``DEISMultistepScheduler``), computed once per
+  grid by Gauss-Legendre quadrature (``deis_weights``).
 
 The state is ``x = s x̂``: each step divides by ``s(t_i)`` and multiplies by ``s(t_{i+1})``, so
 the solvers run on VE, VP, sub-VP, EDM, PFGM++ and custom canonical processes alike. The grid
