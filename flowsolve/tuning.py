@@ -311,6 +311,9 @@ def tune_grid(process, field, solver: str, nfe: int, *, options: dict | None = N
     info = _fixed_step_ode(solver, options)
     nfe = check_int("nfe", nfe, 1)
     steps = _steps_for(info, nfe, options)
+    if steps < 2:
+        raise ValueError(f"nfe={nfe} buys one step of solver {info.name!r}: a grid of one step has no time to tune "
+                         f"(give at least {2 * info.nfe_per_step_for(options)})")
     n_calibration = check_int("n_calibration", n_calibration, 1)
     n_heldout = check_int("n_heldout", n_heldout, 1)
     calibration_seed = check_int("calibration_seed", calibration_seed, 0)
@@ -388,23 +391,39 @@ def tune_grid(process, field, solver: str, nfe: int, *, options: dict | None = N
         starts[name] = (z, objective(z))
     ranked = sorted(starts, key=lambda name: starts[name][1])
     best_name, best_z, best_value = ranked[0], starts[ranked[0]][0], starts[ranked[0]][1]
-    left = max_evaluations - spent["solves"]
+    scipy_method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[method]
+
+    def minimise(z, budget):
+        opts = {"maxfev": budget, "xtol": 1e-4, "ftol": 1e-6} if method == "powell" else \
+            {"maxfev": budget, "xatol": 1e-4, "fatol": 1e-6, "adaptive": True}
+        before = spent["solves"]
+        result = optimize.minimize(objective, z, method=scipy_method, options=opts)
+        return np.asarray(result.x), float(result.fun), spent["solves"] - before
+
+    # each of the `restarts` best warm starts gets an equal share of a quarter of the budget (a first
+    # look at its basin); the rest goes to the best point so far, restarted (a fresh direction set or
+    # simplex) while that still gains 1%: long runs gain more than many short ones
     if steps > 1:
         for i, name in enumerate(ranked[:restarts]):
-            budget = left // (restarts - i)
-            if budget < 2:
+            share = (max_evaluations // 4 - spent["solves"]) // (restarts - i)
+            if share < 2:
                 break
-            before = spent["solves"]
-            scipy_method = {"powell": "Powell", "nelder-mead": "Nelder-Mead"}[method]
-            opts = {"maxfev": budget, "xtol": 1e-4, "ftol": 1e-6} if method == "powell" else \
-                {"maxfev": budget, "xatol": 1e-4, "fatol": 1e-6, "adaptive": True}
-            result = optimize.minimize(objective, starts[name][0], method=scipy_method, options=opts)
-            left -= spent["solves"] - before
+            z, value, used = minimise(starts[name][0], share)
             if verbose:
                 print(f"tune_grid {solver} nfe={nfe}: from {name} {math.exp(starts[name][1]):.3g} -> "
-                      f"{math.exp(result.fun):.3g} in {spent['solves'] - before} solves")
-            if result.fun < best_value:
-                best_name, best_z, best_value = name, np.asarray(result.x), float(result.fun)
+                      f"{math.exp(value):.3g} in {used} solves")
+            if value < best_value:
+                best_name, best_z, best_value = name, z, value
+        while max_evaluations - spent["solves"] >= 2:
+            z, value, used = minimise(best_z, max_evaluations - spent["solves"])
+            if verbose:
+                print(f"tune_grid {solver} nfe={nfe}: restarted {math.exp(best_value):.3g} -> {math.exp(value):.3g} "
+                      f"in {used} solves")
+            gained = value < best_value - math.log(1.01)
+            if value < best_value:
+                best_z, best_value = z, value
+            if not gained:
+                break
     ts = grid_from_logits(process, best_z)
     warm_ts = grid_from_logits(process, starts[best_name][0])
     tuned = TunedGrid(

@@ -85,6 +85,7 @@ def test_a_field_without_a_key_runs_uncached(tmp_path):
     (dict(solver="dopri5"), "fixed-step ODE"),
     (dict(solver="euler_maruyama"), "fixed-step ODE"),
     (dict(solver="heun", nfe=1), "nfe=1 buys no step"),
+    (dict(solver="heun", nfe=3), "buys one step"),
     (dict(nfe=0), "nfe"),
     (dict(warm_starts=("uniformish",)), "warm_starts"),
     (dict(warm_starts=()), "warm_starts"),
