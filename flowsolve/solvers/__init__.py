@@ -10,6 +10,7 @@ run by :func:`run_fixed_grid`; an adaptive one is a method run by :func:`run_ada
 
 from . import dpm2, exponential, multistep, rk, stochastic
 from .adaptive import PIDController, run_adaptive
+from .adaptive_exponential import dpm_adaptive  # noqa: F401
 from .api import sample, solve
 from .dpm2 import dpm_2  # noqa: F401
 from .exponential import (dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_3m,  # noqa: F401

@@ -122,12 +122,18 @@ class PIDController:
         gives 0, with non-zero error infinity (``atol = 0`` and a zero coordinate)."""
         # float16/bfloat16 states: the ratios' squares overflow there
         wide = compute_dtype(err.dtype)
-        err, a, b = err.to(wide), a.to(wide), b.to(wide)
+        if err.dtype != wide:
+            err, a, b = err.to(wide), a.to(wide), b.to(wide)
         mag = torch.maximum(a.abs(), b.abs())
-        scale = self.atol + self.rtol * mag if self.error_scale == "sum" else torch.clamp(self.rtol * mag,
-                                                                                          min=self.atol)
-        ratio = torch.where(scale > 0, err / torch.where(scale > 0, scale, torch.ones_like(scale)),
-                            torch.where(err == 0, torch.zeros_like(err), torch.full_like(err, math.inf)))
+        scale = ((mag * self.rtol).add_(self.atol) if self.rtol > 0 else None) if self.error_scale == "sum" \
+            else torch.clamp(self.rtol * mag, min=self.atol)
+        if scale is None:  # rtol = 0 (then atol > 0): a constant scale
+            ratio = err / self.atol
+        elif self.atol > 0:  # the scale is positive everywhere
+            ratio = err / scale
+        else:
+            ratio = torch.where(scale > 0, err / torch.where(scale > 0, scale, torch.ones_like(scale)),
+                                torch.where(err == 0, torch.zeros_like(err), torch.full_like(err, math.inf)))
         norm = _NORMS[self.norm] if isinstance(self.norm, str) else self.norm
         out = norm(ratio)
         if not isinstance(out, torch.Tensor) or out.shape != (ratio.shape[0],):
@@ -141,13 +147,18 @@ class PIDController:
         """Step factor per sample from the errors of this and the last two accepted steps.
         Powers are taken as ``exp(r log e)``: a tensor ``**`` may round differently with the batch
         size, and a sample's steps must not depend on the other samples."""
-        log = lambda v: torch.log(v.clamp_min(1e-10))  # noqa: E731
+        log_e = torch.log(e.clamp_min(1e-10))
         b1, b2, b3 = self.pcoeff + self.icoeff + self.dcoeff, -(self.pcoeff + 2 * self.dcoeff), self.dcoeff
-        grow = self.safety * torch.exp(-(b1 * log(e) + b2 * log(e_prev) + b3 * log(e_prev2)) / q)
-        shrink = self.safety * torch.exp(-log(e) / q)
-        factor = torch.where(accepted, grow.clamp(self.factor_min, self.factor_max),
-                             shrink.clamp(self.factor_min, 1.0))
-        return torch.where(torch.isfinite(factor) & (factor > 0), factor, torch.full_like(factor, _NONFINITE_SHRINK))
+        # -(b1 log e_n + b2 log e_{n-1} + b3 log e_{n-2}) / q, the terms with a zero weight left out
+        weighted = log_e * b1
+        if b2:
+            weighted = weighted + torch.log(e_prev.clamp_min(1e-10)) * b2
+        if b3:
+            weighted = weighted + torch.log(e_prev2.clamp_min(1e-10)) * b3
+        grow = torch.exp(weighted.div_(-q)).mul_(self.safety).clamp_(self.factor_min, self.factor_max)
+        shrink = torch.exp(log_e.div(-q)).mul_(self.safety).clamp_(self.factor_min, 1.0)
+        factor = torch.where(accepted, grow, shrink)
+        return torch.where(torch.isfinite(factor) & (factor > 0), factor, _NONFINITE_SHRINK)
 
     def hairer_first_step(self, term: Term, x: torch.Tensor, t0: float, t1: float, k0: torch.Tensor,
                           order: float) -> torch.Tensor:
