@@ -51,7 +51,7 @@ __all__ = ["TunedGrid", "tune_grid", "gits_grid", "gits_dynamic_programming", "g
 CALIBRATION_SEED = 1_000_003
 HELDOUT_SEED = 1_000_033
 #: Version of the tuning procedure; part of every fingerprint, so bumping it invalidates the cache.
-TUNING_VERSION = 1
+TUNING_VERSION = 2
 WARM_STARTS = ("log_sigma", "karras", "kl_optimal", "gits", "dmn")
 METHODS = ("powell", "nelder-mead")
 #: Objective value of a candidate whose solve fails or collapses (log RMSE; any real error is below).
@@ -75,7 +75,9 @@ class TunedGrid:
     spent by those solves; ``reference_field_evaluations``: mean field evaluations per sample of
     the two references; ``seconds``: wall time of the tuning (of the original run when loaded
     from the cache); ``fingerprint``: the sha256 key of the cache (None when uncached);
-    ``cached``: loaded from the disk cache."""
+    ``cached``: loaded from the disk cache; ``kept_warm_start``: the optimised grid was worse than
+    its warm start on the held-out points (it over-fitted the calibration points), so ``ts`` is the
+    warm start's grid and ``calibration_rmse``/``heldout_rmse`` are its errors."""
 
     ts: torch.Tensor
     solver: str
@@ -95,6 +97,7 @@ class TunedGrid:
     settings: dict
     fingerprint: str | None = None
     cached: bool = False
+    kept_warm_start: bool = False
 
     @property
     def heldout_gain(self) -> float:
@@ -426,12 +429,19 @@ def tune_grid(process, field, solver: str, nfe: int, *, options: dict | None = N
                 break
     ts = grid_from_logits(process, best_z)
     warm_ts = grid_from_logits(process, starts[best_name][0])
+    calibration_rmse = math.exp(best_value) if best_value < FAILED_OBJECTIVE else math.inf
+    heldout_rmse, warm_heldout = error(ts, x_held, ref_held), error(warm_ts, x_held, ref_held)
+    warm_calibration = math.exp(starts[best_name][1]) if starts[best_name][1] < FAILED_OBJECTIVE else math.inf
+    # an optimised grid that does worse than its start on points it never saw has over-fitted the
+    # calibration points (few points, many sharp modes): the warm start is the better answer
+    kept_warm_start = not heldout_rmse <= warm_heldout
+    if kept_warm_start:
+        ts, calibration_rmse, heldout_rmse = warm_ts, warm_calibration, warm_heldout
     tuned = TunedGrid(
         ts=ts, solver=solver, options=options, nfe=nfe, steps=steps, warm_start=best_name,
-        calibration_rmse=math.exp(best_value) if best_value < FAILED_OBJECTIVE else math.inf,
-        heldout_rmse=error(ts, x_held, ref_held),
-        warm_start_calibration_rmse=math.exp(starts[best_name][1]),
-        warm_start_heldout_rmse=error(warm_ts, x_held, ref_held),
+        calibration_rmse=calibration_rmse, heldout_rmse=heldout_rmse,
+        warm_start_calibration_rmse=warm_calibration, warm_start_heldout_rmse=warm_heldout,
+        kept_warm_start=kept_warm_start,
         warm_start_errors={name: math.exp(value) for name, (_, value) in starts.items()},
         objective_evaluations=spent["solves"], field_evaluations=spent["nfe"],
         reference_field_evaluations=0.5 * ((ref_cal.nfe_mean or 0.0) + (ref_held.nfe_mean or 0.0)),
