@@ -348,9 +348,9 @@ def run_adaptive(term: Term, x: torch.Tensor, t0: float, t1: float, method, cont
             e_prev[rows] = torch.where(ok, e.clamp_min(1e-10), e_prev_rows)
             accepted[rows] += ok
             done[rows] = ok & (u_next == u1)
-        if save is not None:
-            reached = u_next if variable is None else torch.where(clip, target_t, math.nan)
-            save.record(rows[ok], reached[ok], x_new[ok])
+        if save is not None:  # a rejected attempt reached nothing (NaN is no save time): no boolean indexing
+            reached = torch.where(ok, u_next if variable is None else torch.where(clip, target_t, math.nan), math.nan)
+            save.record(rows, reached, x_new)
         if term.callback is not None:
             term.callback(iteration, times().clone(), x, None)
         iteration += 1
