@@ -482,3 +482,51 @@ def test_first_step_is_used(solver, c2, probe):
     stages = fs.available_solvers()[solver]["nfe_per_step"]
     assert int(sol.nfe[0]) == 1 + stages * int(sol.n_steps[0])
     assert int(ref.nfe[0]) == 1 + probe + stages * int(ref.n_steps[0])
+
+
+# =========================================================================================
+# A method stepping in its own variable
+# =========================================================================================
+
+class _LogTimeEuler:
+    """Euler on dx/dt = -x stepping in u = log t (a StepVariable), with the embedded estimate
+    of Heun: the loop's steps are in u, the solution's times are times."""
+
+    error_order = 2
+    variable = fs.solvers.adaptive.StepVariable("log t", of_time=torch.log, time_of=torch.exp)
+
+    def __init__(self):
+        self.u_seen = []
+
+    def init(self, term, x, u0):
+        return {}
+
+    def first_step(self, term, x, u0, u1, carry, controller):
+        return torch.full((x.shape[0],), 0.1, dtype=F64)
+
+    def attempt(self, term, x, u, u_next, h, carry, rows):
+        self.u_seen.append((u.clone(), h.clone()))
+        t, t_next = torch.exp(u), torch.exp(u_next)
+        dt = (t_next - t).unsqueeze(-1)
+        k1 = -x
+        x_euler = x + dt * k1
+        x_heun = x + dt * 0.5 * (k1 - x_euler)
+        return x_heun, x_heun - x_euler, (x, x_heun), {}
+
+    def commit(self, term, rows, accepted, carry, carry_new, x_new, u_next):
+        return {}
+
+
+def test_run_adaptive_steps_in_the_methods_variable():
+    method = _LogTimeEuler()
+    flow = Decay()
+    x0 = torch.ones(3, 1, dtype=F64)
+    term = Term.for_state(flow, x0, "log-time")
+    save = fs.solvers.SaveAt([0.5], 0.1, 1.0)
+    sol = run_adaptive(term, x0, 0.1, 1.0, method, P(rtol=1e-4, atol=1e-4), save=save)
+    assert sol.success and torch.equal(sol.t, torch.full((3,), 1.0, dtype=F64))  # the end exactly, as a time
+    assert sol.extras["step_variable"] == "log t"
+    u0, h0 = method.u_seen[0]
+    assert torch.allclose(u0, torch.full_like(u0, math.log(0.1))) and torch.equal(h0, torch.full_like(h0, 0.1))
+    torch.testing.assert_close(sol.x, x0 * math.exp(-0.9), rtol=2e-3, atol=0)
+    torch.testing.assert_close(sol.xs[0], x0 * math.exp(-0.4), rtol=2e-3, atol=0)  # landed on t = 0.5
