@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 
 from ._validation import check_event_shape as _check_event_shape
@@ -83,6 +84,77 @@ def _times(t, batch, device) -> torch.Tensor:
     return torch.full(tuple(batch), float(t), dtype=torch.float64, device=device)
 
 
+# ------------------------------------------------------------------ schedules at one time
+#: Distinct times whose schedule values a process keeps (a fixed grid, its stage times and the
+#: grids of a few solves); past this the memo starts afresh.
+_SCALAR_CACHE_SIZE = 4096
+_SCHEDULES = {"s": "_scale", "sigma": "_sigma", "ds": "_scale_derivative", "dsigma": "_sigma_derivative",
+              "f": "_f", "g": "_g", "t_of_sigma": "_t_of_sigma"}
+
+
+def schedule_at(process: Process, name: str, t: float) -> float:
+    """The schedule ``name`` (``s``, ``sigma``, ``ds``, ``dsigma``, ``f``, ``g`` or ``t_of_sigma``)
+    of ``process`` at the Python float ``t``, as a Python float computed in float64.
+
+    Memoised per process and time, so a fixed-step solve computes each of its grid's (and stage
+    times') schedule values once, on the host, whatever the state's device: a step then multiplies
+    the state by Python numbers, with no per-step schedule tensors, no host-device copies and no
+    reads back (``LinearSDE``'s schedules, interpolated by SciPy, used to copy to the host at every
+    evaluation). The memo lives on the process (an attribute named ``_cache...``, so it takes no
+    part in the process's value)."""
+    memo = process.__dict__.get("_cache_schedule_at")
+    if memo is None or len(memo) > _SCALAR_CACHE_SIZE:
+        memo = process.__dict__["_cache_schedule_at"] = {}
+    key = (name, t)
+    value = memo.get(key)
+    if value is None:
+        value = memo[key] = float(getattr(process, _SCHEDULES[name])(torch.tensor([t], dtype=torch.float64))[0])
+    return value
+
+
+class _ScalarCoefficients(NamedTuple):
+    """:class:`Coefficients` at one time as Python floats, each rounded to the compute dtype as
+    the tensor path's casts round them; ``dtype`` is that dtype."""
+
+    s: float
+    sig: float
+    a: float | None
+    b: float | None
+    root_D: float
+    dtype: torch.dtype
+
+    def squared_noise(self) -> float:
+        """``(s sigma)^2`` rounded at each product, as ``(c.s * c.sig) ** 2`` is on tensors."""
+        q = self.round(self.s * self.sig)
+        return self.round(q * q)
+
+    def round(self, value: float) -> float:
+        """``value`` rounded to the compute dtype (float32 through numpy, float64 as it is): a
+        product of coefficients rounded as the same product of cast tensors is."""
+        return float(np.float32(value)) if self.dtype == torch.float32 else value
+
+
+def scalar_coefficients(process: Process, t: float, dtype: torch.dtype, rates: bool = False) -> _ScalarCoefficients:
+    """``s``, ``sigma`` (and the rates ``s'/s``, ``sigma'/sigma``) at the time ``t``, computed once in
+    float64 (:func:`schedule_at`) and rounded to ``dtype`` (float32 or float64): the numbers the
+    tensor path's ``Coefficients`` hold in every row."""
+    memo = process.__dict__.get("_cache_schedule_at")
+    key = ("coefficients", t, dtype, rates)
+    if memo is not None and key in memo:
+        return memo[key]
+    s, sig = schedule_at(process, "s", t), schedule_at(process, "sigma", t)
+    a = b = None
+    if rates:
+        a, b = schedule_at(process, "ds", t) / s, schedule_at(process, "dsigma", t) / sig
+    c = _ScalarCoefficients(s, sig, a, b, math.sqrt(process.kernel.D), dtype)
+    if dtype == torch.float32:
+        r = c.round
+        c = c._replace(s=r(s), sig=r(sig), a=None if a is None else r(a), b=None if b is None else r(b),
+                       root_D=r(c.root_D))
+    process.__dict__["_cache_schedule_at"][key] = c  # schedule_at made the memo
+    return c
+
+
 # ------------------------------------------------------------------------ conversions
 class Coefficients(NamedTuple):
     """Schedules at ``t`` shaped ``(*batch, 1, ..., 1)`` in the compute dtype: ``s``, ``sigma``,
@@ -107,6 +179,36 @@ def from_denoiser(kind: str, x: torch.Tensor, den: torch.Tensor, c: Coefficients
     if kind == "velocity":
         return c.a * x + c.b * (x - c.s * den)
     return (x / c.s - den) / (c.sig * c.root_D)  # poisson_field
+
+
+def _from_denoiser_scalar(kind: str, x: torch.Tensor, den: torch.Tensor, c: _ScalarCoefficients) -> torch.Tensor:
+    """:func:`from_denoiser` with the coefficients of one time as floats: the same operations in
+    the same order, giving the same bits, less the products by ``s = 1`` and the term
+    ``(s'/s) x`` when ``s' = 0`` (EDM, VE, PFGM++), which change nothing but the work."""
+    one = c.s == 1.0
+    if kind == "velocity":
+        v = c.b * (x - den if one else x - c.s * den)
+        return v if c.a == 0.0 else c.a * x + v
+    if kind == "eps":
+        return ((x if one else x / c.s) - den) / c.sig
+    if kind == "score":
+        return ((den if one else c.s * den) - x) / c.squared_noise()
+    if kind == "poisson_field":
+        return ((x if one else x / c.s) - den) / c.round(c.sig * c.root_D)
+    return den
+
+
+def _to_denoiser_scalar(kind: str, x: torch.Tensor, value: torch.Tensor, c: _ScalarCoefficients) -> torch.Tensor:
+    """:func:`to_denoiser` with the coefficients of one time as floats (same operations)."""
+    if kind == "eps":
+        return x / c.s - c.sig * value
+    if kind == "score":
+        return (x + c.squared_noise() * value) / c.s
+    if kind == "velocity":
+        return (x - (value - c.a * x) / c.b) / c.s
+    if kind == "poisson_field":
+        return x / c.s - c.round(c.sig * c.root_D) * value
+    return value
 
 
 def to_denoiser(kind: str, x: torch.Tensor, value: torch.Tensor, c: Coefficients) -> torch.Tensor:
@@ -181,7 +283,10 @@ class Field:
         No time-range, shape or device checks and no host synchronisation: for solvers, which
         validate their input once. The public methods validate and then run this same code.
         """
-        self._check_kind(kind)
+        if kind not in self._fast_kinds:
+            self._check_kind(kind)
+        if not isinstance(t, torch.Tensor) and self._scalar_path:
+            return self._evaluate_scalar(kind, x, float(t), kwargs or {})
         return self._evaluate(kind, x, _times(t, x.shape[:1], x.device), kwargs or {})
 
     def denoised_from(self, kind: str, x: torch.Tensor, t, value: torch.Tensor) -> torch.Tensor:
@@ -198,6 +303,47 @@ class Field:
         return to_denoiser(kind, x.to(cd), value.to(cd), c).to(x.dtype)
 
     # -- plumbing ------------------------------------------------------------------------
+    @property
+    def _fast_kinds(self) -> frozenset:
+        """The kinds :meth:`evaluate` may skip checking (valid for this field)."""
+        kinds = self.__dict__.get("_cache_fast_kinds")
+        if kinds is None:
+            ok = []
+            for kind in KINDS:
+                try:
+                    self._check_kind(kind)
+                    ok.append(kind)
+                except ValueError:
+                    pass
+            kinds = self.__dict__["_cache_fast_kinds"] = frozenset(ok)
+        return kinds
+
+    @property
+    def _scalar_path(self) -> bool:
+        """Whether a Python-float time may take :meth:`_evaluate_scalar`: the field's own
+        ``_evaluate`` is the generic one (a subclass implementing ``_denoise``, or a wrapped
+        callable), so only the schedules differ, and they are the same numbers."""
+        return type(self)._evaluate in (Field._evaluate, WrappedField._evaluate)
+
+    def _evaluate_scalar(self, kind, x, t: float, kwargs):
+        """``_evaluate`` at one Python-float time for the whole batch: the conversion uses the
+        schedules at ``t`` as Python floats (:func:`scalar_coefficients`, computed once per time)
+        instead of per-sample float64 tensors."""
+        den = self._denoise(x, _times(t, x.shape[:1], x.device), kwargs)
+        return self._convert_scalar("denoiser", kind, x, t, den)
+
+    def _convert_scalar(self, src, dst, x, t: float, value):
+        """:meth:`_convert` with the schedules at one time as Python floats; the same operations,
+        less those that multiply by 1 or add 0 times the state."""
+        if src == dst:
+            return value
+        cd = compute_dtype(x.dtype)
+        c = scalar_coefficients(self.process, t, cd, rates="velocity" in (src, dst))
+        if cd == x.dtype and value.dtype == cd:  # nothing to cast (a no-op .to still costs a dispatch)
+            return _from_denoiser_scalar(dst, x, _to_denoiser_scalar(src, x, value, c), c)
+        xc = x.to(cd)
+        return _from_denoiser_scalar(dst, xc, _to_denoiser_scalar(src, xc, value.to(cd), c), c).to(x.dtype)
+
     def _denoise(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement _denoise(x, t, kwargs) or _evaluate")
 
@@ -324,6 +470,13 @@ class WrappedField(Field):
 
     def _evaluate(self, kind, x, t64, kwargs):
         return self._convert(self.kind, kind, x, t64, self._call(x, t64, kwargs))
+
+    def _evaluate_scalar(self, kind, x, t: float, kwargs):
+        # the network's times made in x's dtype at once: the same numbers as float64 cast down
+        times = torch.full(x.shape[:1], t, dtype=x.dtype, device=x.device)
+        kw = {**self.fixed, **kwargs} if self.fixed else kwargs
+        out = check_output(self.fn(x, times, **kw), x, f"wrapped {self.kind}")
+        return self._convert_scalar(self.kind, kind, x, t, out)
 
     def __repr__(self):
         return f"Field.from_{self.kind}({self.process!r}, {getattr(self.fn, '__name__', type(self.fn).__name__)})"

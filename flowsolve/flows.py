@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ._validation import compute_dtype
-from .fields import Field
+from .fields import Field, schedule_at
 from .processes import SDE, Diffusion, Process
 
 
@@ -66,6 +67,8 @@ class _Flow:
         """``f(t)`` or ``g(t)`` of the forward SDE in x's dtype, per sample when t is a tensor. A
         canonical process's float64 schedules are used directly (the solver entry checked the
         times once); a general SDE's own callables otherwise."""
+        if self.field is not None and not isinstance(t, torch.Tensor):  # one time: a float, once per time
+            return schedule_at(self.process, name, float(t))
         if self.field is not None:
             t64 = torch.as_tensor(t, dtype=torch.float64, device=x.device)
             return _per_sample(getattr(self.process, "_" + name)(t64).to(x.dtype), x)
@@ -74,8 +77,10 @@ class _Flow:
         raise AssertionError("a general SDE has no linear drift coefficient")
 
     def _forward_drift(self, x, t):
+        """``f(t) x``; None when ``f(t)`` is the number 0 (EDM, VE): nothing to add."""
         if self.field is not None:
-            return self._coefficient("f", t, x) * x
+            f = self._coefficient("f", t, x)
+            return None if isinstance(f, float) and f == 0.0 else f * x
         return self.process.drift(x, t)
 
     def __repr__(self):
@@ -91,7 +96,7 @@ class ProbabilityFlowODE(_Flow):
             return self.field.velocity(x, t, **kwargs)
         wide = x.to(compute_dtype(x.dtype))  # float16 g^2 overflows
         score = self._score(x, t, **kwargs).to(wide.dtype)
-        return (self._forward_drift(wide, t) - 0.5 * self._coefficient("g", t, wide) ** 2 * score).to(x.dtype)
+        return (self.process.drift(wide, t) - 0.5 * self._coefficient("g", t, wide) ** 2 * score).to(x.dtype)
 
 
 class ReverseSDE(_Flow):
@@ -106,7 +111,12 @@ class ReverseSDE(_Flow):
         """``f(t) x - g(t)^2 score`` for a score already evaluated at ``(x, t)``, computed in at
         least float32 (``g^2`` alone overflows float16 for VE with sigma_max in the hundreds)."""
         wide = x.to(compute_dtype(x.dtype))  # float16 g^2 overflows
-        out = self._forward_drift(wide, t) - self._coefficient("g", t, wide) ** 2 * score.to(wide.dtype)
+        g = self._coefficient("g", t, wide)
+        if wide.dtype == torch.float32 and not isinstance(g, torch.Tensor):
+            g = float(np.float32(g))  # g in the state's dtype before squaring, as the tensor path has it
+        diffusive = g**2 * score.to(wide.dtype)
+        forward = self._forward_drift(wide, t)
+        out = -diffusive if forward is None else forward - diffusive
         return out.to(x.dtype)
 
     def diffusion(self, t) -> torch.Tensor:
@@ -115,7 +125,8 @@ class ReverseSDE(_Flow):
 
     def diffusion_like(self, t, x: torch.Tensor) -> torch.Tensor:
         """``g(t)`` in x's dtype, shaped to broadcast against x (unchecked: for solvers)."""
-        return self._coefficient("g", t, x)
+        g = self._coefficient("g", t, x)
+        return torch.tensor(g, dtype=x.dtype, device=x.device) if isinstance(g, float) else g
 
 
 def _check_args(process, field, score, what):

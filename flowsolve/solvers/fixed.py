@@ -23,19 +23,29 @@ def freeze(failed: torch.Tensor, x_old: torch.Tensor, x_new: torch.Tensor) -> to
 
 
 class _Faults:
-    """Per-sample fault records, on the device."""
+    """Per-sample fault records, on the device: ``ok`` (not failed yet) and ``done``, the steps
+    each sample completed while finite, which for a failed sample is the step it failed in.
+    Two small updates per step (``ok &= finite``, ``done += ok``); the fault codes are made at the
+    end (a fixed grid has one kind of fault: non-finite)."""
 
     def __init__(self, x: torch.Tensor):
-        n, dev = x.shape[0], x.device
-        self.failed = ~finite_rows(x)  # a non-finite initial state fails at once
-        self.step = torch.zeros(n, dtype=torch.long, device=dev)
-        self.code = torch.where(self.failed, NONFINITE, NONE)
+        self.ok = finite_rows(x)  # a non-finite initial state fails at once, in step 0
+        self.done = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
-    def mark(self, bad: torch.Tensor, step: int):
-        new = bad & ~self.failed
-        self.step = torch.where(new, step, self.step)
-        self.code = torch.where(new, NONFINITE, self.code)
-        self.failed = self.failed | new
+    @property
+    def failed(self) -> torch.Tensor:
+        return ~self.ok
+
+    def after_step(self, x: torch.Tensor, x_new: torch.Tensor) -> torch.Tensor:
+        """The state after a step: ``x_new``, with the samples that are (or just turned)
+        non-finite frozen at ``x``."""
+        ok = self.ok = self.ok & finite_rows(x_new)  # not in place: an autograd graph may hold the last mask
+        self.done += ok
+        keep = per_sample(ok, x_new)
+        if torch.is_grad_enabled() or x_new is x or not x_new.is_contiguous():
+            return torch.where(keep, x_new, x)
+        # in place: the step's output is the loop's to keep, and one state fewer is alive
+        return torch.where(keep, x_new, x, out=x_new)
 
 
 def run_fixed_grid(term: Term, x: torch.Tensor, ts: torch.Tensor, step: Callable, save: SaveAt | None = None,
@@ -46,25 +56,31 @@ def run_fixed_grid(term: Term, x: torch.Tensor, ts: torch.Tensor, step: Callable
     failed at that step. ``term.callback(i, t_i, x_i, denoised)`` runs after each step when
     given. An exception raised by the field becomes a :class:`FieldError` carrying the step,
     the time and the partial solution.
+
+    A step reads nothing back from the device and branches on no tensor value: the times are
+    Python floats (``ts`` is read once), the fault records are updated on the device, and the
+    state keeps its shape, so the loop can be captured in a CUDA graph or compiled.
     """
     grid = ts.tolist()
     faults = _Faults(x)
     if save is not None:
         save.start(x, grid[0])
     n_steps = len(grid) - 1
+    callback = term.callback
     for i in range(n_steps):
         t0, t1 = grid[i], grid[i + 1]
-        term.begin_step()
+        if callback is not None:
+            term.begin_step()
         try:
             x_new = step(i, x, t0, t1)
         except FieldError as err:
             err.step = i
             err.solution = interrupted(_solution(term, x, grid, faults, i, save, extras), grid[-1])
             raise
-        faults.mark(~finite_rows(x_new), i)
-        if term.callback is not None:
-            term.callback(i, t0, x, term.denoised())
-        x = freeze(faults.failed, x, x_new)
+        if callback is not None:  # sees the state before the step, so it runs before the freeze
+            callback(i, t0, x, term.denoised())
+        x = faults.after_step(x, x_new)
+        del x_new
         if save is not None:
             save.at_grid_index(i + 1, x, faults.failed)
     return _solution(term, x, grid, faults, n_steps, save, extras)
@@ -73,12 +89,13 @@ def run_fixed_grid(term: Term, x: torch.Tensor, ts: torch.Tensor, step: Callable
 def _solution(term, x, grid, faults: _Faults, steps_done: int, save, extras) -> Solution:
     """The Solution after ``steps_done`` steps of everybody (failed samples stopped earlier)."""
     times = torch.tensor(grid, dtype=torch.float64, device=x.device)
-    done = torch.full_like(faults.step, steps_done)
-    n_steps = torch.where(faults.failed, faults.step, done)
-    status, message = summarise(faults.code, n_steps, times[n_steps])
+    failed = faults.failed
+    n_steps = torch.where(failed, faults.done, steps_done)
+    code = torch.where(failed, NONFINITE, NONE)
+    status, message = summarise(code, n_steps, times[n_steps])
     ts, xs = save.result() if save is not None else (None, None)
     return Solution(x=x, t=times[n_steps], nfe=term.nfe, n_steps=n_steps, n_accepted=n_steps.clone(),
-                    n_rejected=torch.zeros_like(n_steps), failed=faults.failed, fault=faults.code,
+                    n_rejected=torch.zeros_like(n_steps), failed=failed, fault=code,
                     status=status, message=message, ts=ts, xs=xs, extras=dict(extras or {}))
 
 

@@ -88,12 +88,22 @@ TSIT5 = ButcherTableau(
 
 
 def _combine(x, h, coefs, ks):
-    """``x + h * sum_j coefs[j] k_j`` skipping zero coefficients; ``h`` a float or per-sample tensor."""
-    acc = None
+    """``x + h * sum_j coefs[j] k_j`` skipping zero coefficients and products by 1 (exact); ``h``
+    a float or per-sample tensor. The sum accumulates in place in a buffer of its own: one
+    temporary of the state's size however many stages, with the operations (hence the bits) of
+    the plain expression."""
+    acc, owned = None, False
     for a, k in zip(coefs, ks):
-        if a != 0:
-            term = float(a) * k
-            acc = term if acc is None else acc + term
+        if a == 0:
+            continue
+        a = float(a)
+        term = k if a == 1.0 else a * k
+        if acc is None:
+            acc, owned = term, term is not k
+        elif owned:
+            acc.add_(term)
+        else:
+            acc, owned = acc + term, True
     return x if acc is None else x + h * acc
 
 
@@ -109,10 +119,22 @@ def rk_step(tableau: ButcherTableau, term, x: torch.Tensor, t0: float, t1: float
     """One explicit Runge-Kutta step of ``dx/dt = drift(x, t)`` from ``t0`` to ``t1``:
     ``k_i = f(x + h sum_j a_ij k_j, t0 + c_i h)``, ``x1 = x + h sum_i b_i k_i``."""
     h = t1 - t0
+    c, a, b = _float_tableau(tableau)
     ks = []
-    for c, row in zip(tableau.c, tableau.a):
-        ks.append(term.drift(_combine(x, h, row, ks), _stage_time(t0, t1, float(c))))
-    return _combine(x, h, tableau.b, ks)
+    for ci, row in zip(c, a):
+        ks.append(term.drift(_combine(x, h, row, ks), _stage_time(t0, t1, ci)))
+    return _combine(x, h, b, ks)
+
+
+def _float_tableau(tableau: ButcherTableau):
+    """``(c, a, b)`` as floats, converted once per tableau rather than at every stage (kept on the
+    tableau: hashing its fractions for a cache lookup would cost as much as converting them)."""
+    floats = tableau.__dict__.get("_floats")
+    if floats is None:
+        floats = (tuple(float(v) for v in tableau.c), tuple(tuple(float(v) for v in row) for row in tableau.a),
+                  tuple(float(v) for v in tableau.b))
+        object.__setattr__(tableau, "_floats", floats)
+    return floats
 
 
 class EmbeddedPair:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..fields import check_output
+from ..fields import check_output, schedule_at
 from ..flows import ProbabilityFlowODE, ReverseSDE
 
 
@@ -40,6 +40,23 @@ class FieldError(RuntimeError):
                 f"the work done before that step is in .solution: {self.original}")
 
 
+class _Counts:
+    """Per-sample evaluation counts, shared by a term and its views: whole-batch evaluations are
+    counted as a Python int and added to the tensor only when the counts are read, so a step
+    costs no device operation for counting; evaluations of some rows go to the tensor at once."""
+
+    __slots__ = ("per_sample", "whole_batch")
+
+    def __init__(self, per_sample: torch.Tensor):
+        self.per_sample, self.whole_batch = per_sample, 0
+
+    def read(self) -> torch.Tensor:
+        if self.whole_batch:
+            self.per_sample += self.whole_batch
+            self.whole_batch = 0
+        return self.per_sample
+
+
 class Term:
     """A flow made ready for one solve of ``n`` samples.
 
@@ -48,19 +65,29 @@ class Term:
     (not a field evaluation, so not counted). ``rows`` (an index tensor) says which samples ``x``
     holds when a solver evaluates a subset (adaptive solvers): their counts go up, and tensors
     of ``extra_args`` with one entry per sample are sliced to them. ``t`` is a Python float, or a
-    float64 tensor with one time per row of ``x``.
+    float64 tensor with one time per row of ``x``. ``nfe`` is the per-sample count so far.
     """
 
     def __init__(self, flow, nfe: torch.Tensor, solver: str, extra_args: dict | None = None, callback=None):
         self.flow = flow
         self.field = getattr(flow, "field", None)
         self.process = getattr(flow, "process", None)
-        self.nfe, self.n = nfe, nfe.shape[0]
+        self._counts = nfe if isinstance(nfe, _Counts) else _Counts(nfe)
+        self.n = self._counts.per_sample.shape[0]
         self.solver = solver
         self.extra_args = dict(extra_args or {})
         self.callback = callback
         # the step's first field evaluation (kind, x, t, value, rows), for the callback; shared with views
         self._record = {"first": None}
+        # which drift path (see drift): fixed for the term's life
+        canonical = self.field is not None
+        self._drift_kind = ("score" if canonical and type(flow) is ReverseSDE else
+                            "velocity" if canonical and type(flow) is ProbabilityFlowODE else "drift")
+
+    @property
+    def nfe(self) -> torch.Tensor:
+        """Field evaluations per sample (int64, shape ``(n,)``)."""
+        return self._counts.read()
 
     @classmethod
     def for_state(cls, flow, x: torch.Tensor, solver: str, extra_args: dict | None = None, callback=None) -> "Term":
@@ -71,7 +98,7 @@ class Term:
     def view(self, flow) -> "Term":
         """The same solve (counts, extra arguments) seen through another flow of the same field,
         e.g. the probability-flow ODE inside a stochastic sampler's predictor."""
-        other = Term(flow, self.nfe, self.solver, self.extra_args, self.callback)
+        other = Term(flow, self._counts, self.solver, self.extra_args, self.callback)
         other._record = self._record
         return other
 
@@ -89,9 +116,9 @@ class Term:
         except Exception as err:  # noqa: BLE001 -- any failure of the user's code is reported with its place
             raise FieldError(err, self.solver, t) from err
         if rows is None:  # counted once it has returned: a call that raised gave nothing
-            self.nfe += 1
+            self._counts.whole_batch += 1
         else:
-            self.nfe.index_add_(0, rows, torch.ones_like(rows))
+            self._counts.per_sample.index_add_(0, rows, torch.ones_like(rows))
         if self.callback is not None and self._record["first"] is None and kind != "drift":
             self._record["first"] = (kind, x, t, out, rows)
         return out
@@ -113,11 +140,11 @@ class Term:
     # -- evaluations ------------------------------------------------------------------------
     def drift(self, x: torch.Tensor, t, rows=None) -> torch.Tensor:
         """The flow's drift ``dx/dt``."""
-        flow = self.flow
-        if self.field is not None and type(flow) is ReverseSDE:  # of a canonical process
-            return flow.drift_from_score(x, t, self.score(x, t, rows))
-        if self.field is not None and type(flow) is ProbabilityFlowODE:  # its drift is the field's velocity
+        flow, path = self.flow, self._drift_kind
+        if path == "velocity":  # a canonical probability-flow ODE: its drift is the field's velocity
             return self.velocity(x, t, rows)
+        if path == "score":  # the reverse SDE of a canonical process
+            return flow.drift_from_score(x, t, self.score(x, t, rows))
         return self._evaluate("drift", lambda kw: flow.drift(x, t, **kw), x, t, rows)
 
     def _field(self, kind, x, t, rows):
@@ -141,18 +168,21 @@ class Term:
 
     # -- schedules of the process (process-aware solvers; floats in float64) ------------------
     def schedule(self, t: float) -> tuple[float, float]:
-        """``(s(t), sigma(t))`` as Python floats, computed in float64."""
-        t64 = torch.tensor(float(t), dtype=torch.float64)
-        return float(self.process._scale(t64)), float(self.process._sigma(t64))
+        """``(s(t), sigma(t))`` as Python floats, computed in float64 once per time and process
+        (:func:`flowsolve.fields.schedule_at`)."""
+        t = float(t)
+        return schedule_at(self.process, "s", t), schedule_at(self.process, "sigma", t)
 
     def t_of_sigma(self, sigma: float) -> float:
         """The time at which the process has noise level ``sigma`` (inside the span)."""
         p = self.process
-        t = float(p._t_of_sigma(torch.tensor(float(sigma), dtype=torch.float64)))
-        return min(max(t, p.t_min), p.t_max)
+        return min(max(schedule_at(p, "t_of_sigma", float(sigma)), p.t_min), p.t_max)
 
-    def diffusion(self, t, like: torch.Tensor) -> torch.Tensor:
-        """``g(t)`` of the SDE, shaped to broadcast against ``like`` (per sample when t is a tensor)."""
+    def diffusion(self, t, like: torch.Tensor):
+        """``g(t)`` of the SDE, shaped to broadcast against ``like`` (per sample when t is a tensor;
+        a Python float, computed once per time, for a Python-float t and a canonical process)."""
+        if not isinstance(t, torch.Tensor) and self.field is not None and isinstance(self.flow, ReverseSDE):
+            return schedule_at(self.process, "g", float(t))
         fast = getattr(self.flow, "diffusion_like", None)
         if fast is not None:
             return fast(t, like)
