@@ -155,9 +155,9 @@ class PIDController:
             weighted = weighted + torch.log(e_prev.clamp_min(1e-10)) * b2
         if b3:
             weighted = weighted + torch.log(e_prev2.clamp_min(1e-10)) * b3
-        grow = torch.exp(weighted.div_(-q)).mul_(self.safety).clamp_(self.factor_min, self.factor_max)
-        shrink = torch.exp(log_e.div(-q)).mul_(self.safety).clamp_(self.factor_min, 1.0)
-        factor = torch.where(accepted, grow, shrink)
+        # grow after an accepted step, shrink (safety e^(-1/q), at most 1) after a rejection: one exp for both
+        factor = torch.exp(torch.where(accepted, weighted, log_e).div_(-q)).mul_(self.safety).clamp_(min=self.factor_min)
+        factor = torch.minimum(factor, torch.where(accepted, self.factor_max, 1.0))
         return torch.where(torch.isfinite(factor) & (factor > 0), factor, _NONFINITE_SHRINK)
 
     def hairer_first_step(self, term: Term, x: torch.Tensor, t0: float, t1: float, k0: torch.Tensor,
