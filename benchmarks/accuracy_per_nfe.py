@@ -77,7 +77,8 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=1,
                         help="tune the grids of this many best published samplers (besides ALWAYS_TUNED)")
     parser.add_argument("--max-evaluations", type=int, default=1000)
-    parser.add_argument("--n-calibration", type=int, default=64)
+    parser.add_argument("--n-calibration", type=int, default=256,
+                        help="calibration start points, and as many held-out ones (64 over-fit the sharp ring)")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -107,6 +108,7 @@ def main(argv=None):
             for solver, options in ranked:
                 tg = fs.tune_grid(problem.process, problem.field, solver, nfe, options=dict(options),
                                   max_evaluations=args.max_evaluations, n_calibration=args.n_calibration,
+                                  n_heldout=args.n_calibration,
                                   cache=not args.no_cache)
                 sol = fs.sample(problem.process, problem.field, x0.shape[0], tg.solver, grid="explicit", ts=tg.ts,
                                 x_init=x0, dtype=torch.float64, **tg.options)
