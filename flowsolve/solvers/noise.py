@@ -3,6 +3,12 @@ consistent when an adaptive SDE solver rejects a step.
 
 Every draw is made for *all* samples, every time, in a fixed order, whatever the samples' states:
 sample i's k-th draw is therefore the same whatever the batch size or the other samples.
+
+The streams come from the counter-based generator Philox4x32-10 (Salmon, Moraes, Dror & Shaw 2011,
+"Parallel random numbers: as easy as 1, 2, 3", SC'11, Sec. 4.2 and Table 2; the generator of CUDA's
+curand and of torch's CUDA generator): a bijection of a 128-bit counter under a 64-bit key,
+computed here in torch integer ops on the state's own device. Its integer output is the same bit
+for bit on every device, and no noise is drawn on the host.
 """
 
 from __future__ import annotations
@@ -14,25 +20,144 @@ import torch
 
 from .._validation import check_event_shape, check_int
 
+# Philox4x32 (Salmon et al. 2011, Sec. 4.2; Random123's philox.h): round multipliers, Weyl key increments
+PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+PHILOX_ROUNDS = 10
+_MASK32 = 0xFFFFFFFF
+NORMALS_PER_BLOCK = 4  # one Philox block (four 32-bit words) makes two Box-Muller pairs
+# counter word c3 of the draws that are not positions of the Gaussian stream (gamma rounds): top bit set
+_SPECIAL_LANE = 1 << 31
+_GAMMA_MAX_ROUNDS = 64  # rejection rounds of Marsaglia-Tsang; each accepts with probability >= 0.95
+
+
+def philox4x32(counter: torch.Tensor, key, rounds: int = PHILOX_ROUNDS) -> torch.Tensor:
+    """Philox4x32-``rounds`` (Salmon et al. 2011, Sec. 4.2): the four 32-bit counter words
+    ``c0..c3`` as an int64 tensor of shape ``(4, ...)``, ``key = (k0, k1)`` two 32-bit ints; returns
+    the four output words, shape ``(4, ...)``, int64 in ``[0, 2^32)``. One round is
+
+        (c0, c1, c2, c3) <- (hi(M1 c2) ^ c1 ^ k0, lo(M1 c2), hi(M0 c0) ^ c3 ^ k1, lo(M0 c0)),
+
+    ``hi``/``lo`` the upper/lower 32-bit halves of the 64-bit product, with the key bumped by the
+    Weyl constants ``(W0, W1)`` between rounds. A product of two 32-bit values is formed in int64,
+    whose multiplication wraps modulo 2^64: its bits are the exact unsigned product's, so
+    ``(p >> 32) & 0xFFFFFFFF`` is the high word even when the int64 reads negative. Integer ops
+    only: the same bits on every device.
+    """
+    counter = torch.as_tensor(counter)
+    if counter.dtype != torch.int64 or counter.shape[:1] != (4,):
+        raise ValueError(f"counter must be an int64 tensor of shape (4, ...), got {counter.dtype} "
+                         f"{tuple(counter.shape)}")
+    a, lo = _philox_pairs(counter, key, check_int("rounds", rounds, 1))
+    # an even number of rounds leaves a = [c0, c2], lo = [c1, c3]; an odd one a = [c2, c0], lo = [c3, c1]
+    if rounds % 2 == 0:
+        return torch.stack([a[0], lo[0], a[1], lo[1]])
+    return torch.stack([a[1], lo[1], a[0], lo[0]])
+
+
+def _philox_pairs(counter: torch.Tensor, key, rounds: int = PHILOX_ROUNDS):
+    """The rounds of :func:`philox4x32`, two words per tensor op: ``a`` holds the two words that
+    are multiplied in a round and ``lo`` the low halves of the last products. Returns ``(a, lo)``
+    (see :func:`philox4x32` for their order)."""
+    k0, k1 = (int(k) & _MASK32 for k in key)
+    view = (2,) + (1,) * (counter.ndim - 1)
+    round_keys = []
+    for r in range(rounds):
+        # round r multiplies [c0, c2] (r even) or [c2, c0] (r odd): hi(M0 c0) takes k1, hi(M1 c2) k0
+        round_keys.append([k1, k0] if r % 2 == 0 else [k0, k1])
+        k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
+    device = counter.device
+    round_keys = torch.tensor(round_keys, dtype=torch.int64, device=device).view((rounds,) + view)
+    mults = torch.tensor([[PHILOX_M0, PHILOX_M1], [PHILOX_M1, PHILOX_M0]], dtype=torch.int64,
+                         device=device).view((2,) + view)
+    a, lo = counter[0::2], None
+    for r in range(rounds):
+        p = a * mults[r % 2]
+        h = p >> 32
+        # each high half is xored with the low half of the *other* product (the first round: c3, c1)
+        if lo is None:
+            h[0] ^= counter[3]
+            h[1] ^= counter[1]
+        else:
+            h[0] ^= lo[1]
+            h[1] ^= lo[0]
+        h ^= round_keys[r]
+        h &= _MASK32
+        a, lo = h, p  # lo's upper bits are garbage until masked: the xor above is masked after
+    return a, lo & _MASK32
+
+
+def box_muller(radius_words: torch.Tensor, angle_words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent standard normals per pair of 32-bit words (Box & Muller 1958), in float64:
+    ``u = (w_r + 1/2) 2^-32`` in (0, 1) (never 0, so the log is finite; the largest radius is
+    ``sqrt(64 ln 2 + 2 ln 2) = 6.77``, which truncates a probability of 1.3e-11), ``theta = 2 pi w_a 2^-32``,
+    ``(z1, z2) = sqrt(-2 ln u) (cos theta, sin theta)``."""
+    u = radius_words.to(torch.float64).add_(0.5).mul_(2.0**-32)
+    radius = u.log_().mul_(-2.0).sqrt_()
+    theta = angle_words.to(torch.float64).mul_(2.0 * math.pi * 2.0**-32)
+    return radius * torch.cos(theta), radius.mul_(torch.sin(theta))
+
+
+def philox_key(seed: int, stream: int) -> tuple[int, int]:
+    """The 64-bit Philox key of ``(seed, stream)``: two 32-bit words of numpy's SeedSequence hash of
+    ``[seed, stream]`` (any size of seed; nearby seeds give unrelated keys)."""
+    words = np.random.SeedSequence([int(seed), int(stream)]).generate_state(2, dtype=np.uint32)
+    return int(words[0]), int(words[1])
+
 
 class NoiseSource:
-    """Independent Gaussian streams per sample.
+    """Independent Gaussian streams per sample, made on the state's device.
 
-    Sample ``offset + i`` draws from a generator seeded by ``(seed, stream, block)`` with
-    ``block = (offset + i) // BLOCK``: its noise is the same whatever the batch size, the other
-    samples or how the batch is split (pass ``offset`` for a later part of a split batch;
-    ``stream`` separates independent uses of one seed, e.g. the prior draw and the solver's noise).
-    Draws are made on the CPU in float64, then cast and moved once, so they are also the same on
-    every device. ``event_shape`` is one sample's shape (an int for vectors).
+    ``scheme="philox"`` (default): sample ``j = offset + i`` has its own stream of standard
+    normals ``z_j[0], z_j[1], ...``: ``z_j[4b .. 4b+3]`` come from the Philox4x32-10 block with
+    counter ``(j mod 2^32, j div 2^32, b mod 2^32, b div 2^32)`` under the key of ``(seed, stream)``
+    (:func:`philox_key`), by Box-Muller on its two pairs of words (:func:`box_muller`). Each
+    :meth:`randn` takes the next ``prod(event_shape)`` normals of every sample's stream. The noise
+    of a sample therefore depends only on ``(seed, stream, offset + i, draw number)``: not on the
+    batch size, the other samples, how the batch is split (pass ``offset`` for a later part) or the
+    device (the integer words are identical everywhere; the float64 transform may differ by an ulp
+    between devices' log/sin/cos). ``stream`` separates independent uses of one seed, e.g. the
+    prior draw and the solver's noise. Normals are made in float64 and cast once, so a float32 run
+    sees the float64 run's noise rounded.
+
+    ``scheme="blocks"``: the scheme of flowsolve before the counter-based generator (samples in
+    blocks of 64, one ``torch.Generator`` per block seeded by ``(seed, stream, block)``, drawn on
+    the CPU in float64 and copied over): only to reproduce results computed with it.
+
+    ``event_shape`` is one sample's shape (an int for vectors).
     """
 
     BLOCK = 64
+    SCHEMES = ("philox", "blocks")
+    # Philox blocks per tensor op on the CPU: the int64 intermediates stay in cache, and the ops stay
+    # under torch's intra-op grain (on a loaded machine its thread pool costs 20 ms per op, measured)
+    CPU_CHUNK = 8192
+    # with a thread pool, blocks per float op: torch runs cos on 2048 elements or more in the pool
+    CPU_FLOAT_CHUNK = 512
+    DEVICE_CHUNK = 1 << 20
 
     def __init__(self, seed: int, n: int, event_shape, dtype=torch.float32, device=None, offset: int = 0,
-                 stream: int = 0):
+                 stream: int = 0, scheme: str = "philox"):
         seed, offset = check_int("seed", seed, 0), check_int("offset", offset, 0)
+        stream = check_int("stream", stream, 0)
+        if scheme not in self.SCHEMES:
+            raise ValueError(f"scheme must be one of {list(self.SCHEMES)}, got {scheme!r}")
         self.n, self.event_shape = check_int("n", n, 0), check_event_shape("event_shape", event_shape)
-        self.dtype, self.device = dtype, device
+        if offset + self.n > 2**63:
+            raise ValueError(f"offset + n must be at most 2^63 (sample indices are int64), got {offset + self.n}")
+        self.dtype, self.device, self.scheme = dtype, device, scheme
+        if scheme == "blocks":
+            self._init_blocks(seed, stream, offset)
+            return
+        self.key, self._block_seed = philox_key(seed, stream), (seed, stream, offset)
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        index = torch.arange(offset, offset + self.n, dtype=torch.int64, device=dev)
+        self._index_words = (index & _MASK32, index >> 32)  # counter words c0, c1 of each sample
+        self._position = 0  # normals of every stream used so far
+        self._made = None  # (stream position, normals (n, m)) made ahead of use
+        self._special_calls = 0  # gamma draws made so far (each has its own counter range)
+
+    def _init_blocks(self, seed, stream, offset):
         idx = np.arange(offset, offset + self.n)
         blocks = idx // self.BLOCK
         self._gens = []
@@ -46,6 +171,118 @@ class NoiseSource:
     @property
     def dim(self) -> int:
         return math.prod(self.event_shape)
+
+    @property
+    def _device(self) -> torch.device:
+        return self._index_words[0].device
+
+    # --- the counter-based streams -------------------------------------------------------
+
+    def _chunk_rows(self, blocks_per_row: int) -> int:
+        chunk = self.CPU_CHUNK if self._device.type == "cpu" else self.DEVICE_CHUNK
+        return max(1, chunk // max(1, blocks_per_row))
+
+    def _philox_words(self, rows: slice, c2: torch.Tensor, c3: torch.Tensor):
+        """Philox pairs ``(a, lo)`` (see :func:`_philox_pairs`) for the samples ``rows`` and counter
+        words ``c2, c3`` (shape ``(m,)``): shapes ``(2, rows, m)``."""
+        lo_idx, hi_idx = (w[rows].unsqueeze(1) for w in self._index_words)
+        shape = (lo_idx.shape[0], c2.shape[0])
+        counter = torch.stack([lo_idx.expand(shape), hi_idx.expand(shape), c2.expand(shape), c3.expand(shape)])
+        return _philox_pairs(counter, self.key)
+
+    def _normal_blocks(self, first: int, count: int) -> torch.Tensor:
+        """Normals of the stream blocks ``first .. first + count - 1`` of every sample:
+        ``(n, 4 count)`` float64, block b's four normals at ``4 (b - first) ..``."""
+        out = torch.empty((self.n, count, NORMALS_PER_BLOCK), dtype=torch.float64, device=self._device)
+        block = torch.arange(first, first + count, dtype=torch.int64, device=self._device)
+        c2, c3 = block & _MASK32, block >> 32
+        on_cpu = self._device.type == "cpu"
+        step = max(1, (self.CPU_CHUNK if on_cpu else self.DEVICE_CHUNK) // count)
+        for r0 in range(0, self.n, step):
+            rows = slice(r0, min(self.n, r0 + step))
+            a, lo = self._philox_words(rows, c2, c3)  # 10 rounds (even): a = [w0, w2], lo = [w1, w3]
+            a, lo = a.reshape(2, -1), lo.reshape(2, -1)
+            flat = out[rows].view(-1, NORMALS_PER_BLOCK)
+            piece = self.CPU_FLOAT_CHUNK if on_cpu and torch.get_num_threads() > 1 else flat.shape[0]
+            for s0 in range(0, flat.shape[0], piece):
+                cols = slice(s0, s0 + piece)
+                cos, sin = box_muller(a[:, cols], lo[:, cols])  # pairs (w0, w1) and (w2, w3)
+                flat[cols] = torch.stack([cos, sin], dim=-1).permute(1, 0, 2).reshape(-1, NORMALS_PER_BLOCK)
+        return out.reshape(self.n, count * NORMALS_PER_BLOCK)
+
+    def _stream_normals(self, count: int) -> torch.Tensor:
+        """The next ``count`` normals of every sample's stream, ``(n, count)`` float64. Blocks are
+        made ahead, at least ``CPU_CHUNK`` (or ``DEVICE_CHUNK``) over the batch, and kept: a small
+        batch then pays the generator's fixed cost per op once for many draws."""
+        start, stop = self._position, self._position + count
+        held = self._made
+        if held is None or not (held[0] <= start and stop <= held[0] + held[1].shape[1]):
+            first, last = start // NORMALS_PER_BLOCK, (stop - 1) // NORMALS_PER_BLOCK
+            chunk = self.CPU_CHUNK if self._device.type == "cpu" else self.DEVICE_CHUNK
+            blocks = max(last - first + 1, -(-chunk // max(1, self.n)))
+            held = self._made = (first * NORMALS_PER_BLOCK, self._normal_blocks(first, blocks))
+        self._position = stop
+        return held[1][:, start - held[0]:stop - held[0]]
+
+    def _philox_randn(self, dtype) -> torch.Tensor:
+        if self.n == 0 or self.dim == 0:
+            return torch.empty((self.n, *self.event_shape), dtype=dtype, device=self._device)
+        return self._stream_normals(self.dim).reshape(self.n, *self.event_shape).to(dtype, copy=True)
+
+    def _philox_gamma(self, concentration: float) -> torch.Tensor:
+        """``Gamma(a, 1)`` per sample by Marsaglia & Tsang 2000 ("A simple method for generating
+        gamma variables", ACM TOMS 26(3), Sec. 3-6): ``d = a' - 1/3``, ``c = 1/sqrt(9 d)``; round k
+        draws ``x ~ N(0, 1)``, ``u ~ U(0, 1)``, ``v = (1 + c x)^3`` and accepts ``d v`` if ``v > 0``
+        and ``log u < x^2/2 + d - d v + d log v``; the first accepted round wins. For ``a < 1``,
+        ``a' = a + 1`` and the result is multiplied by ``U^(1/a)`` (their Sec. 6 boost). Round k of
+        this source's m-th gamma draw uses the Philox block with counter
+        ``(j mod 2^32, j div 2^32, m, 2^31 + k)``: apart from the Gaussian stream, and the same for
+        sample j whatever the batch. Every round accepts with probability >= 0.95; a sample not
+        accepted after 64 rounds (probability < 1e-83) raises."""
+        a = float(concentration)
+        boost = a < 1.0
+        d = (a + 1.0 if boost else a) - 1.0 / 3.0
+        c = 1.0 / math.sqrt(9.0 * d)
+        call, self._special_calls = self._special_calls, self._special_calls + 1
+        dev = self._device
+        out = torch.empty(self.n, dtype=torch.float64, device=dev)
+        pending = torch.arange(self.n, device=dev)
+        c2 = torch.full((1,), call & _MASK32, dtype=torch.int64, device=dev)
+        boost_u = None
+        for k in range(_GAMMA_MAX_ROUNDS):
+            if pending.numel() == 0:
+                break
+            c3 = torch.full((1,), _SPECIAL_LANE + k, dtype=torch.int64, device=dev)
+            a_words, lo_words = self._philox_words(pending, c2, c3)  # (2, m, 1)
+            a_words, lo_words = a_words[..., 0], lo_words[..., 0]
+            x = box_muller(a_words[:1], lo_words[:1])[0][0]  # the cosine normal of words (w0, w1)
+            u = (a_words[1].to(torch.float64) + 0.5) * 2.0**-32  # w2
+            if k == 0 and boost:
+                boost_u = (lo_words[1].to(torch.float64) + 0.5) * 2.0**-32  # w3 of round 0
+            v = (1.0 + c * x) ** 3
+            safe_v = torch.where(v > 0, v, torch.ones_like(v))
+            accept = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * safe_v + d * torch.log(safe_v))
+            out[pending[accept]] = d * v[accept]
+            pending = pending[~accept]
+        else:
+            if pending.numel():
+                raise RuntimeError(f"gamma: {pending.numel()} sample(s) not accepted after {_GAMMA_MAX_ROUNDS} rounds")
+        if boost:
+            out = out * boost_u ** (1.0 / a)
+        return out
+
+    def _philox_kernel_noise(self, kernel) -> torch.Tensor:
+        """The Gaussian kernel's noise is the next :meth:`randn` draw (float64); the Student-t
+        kernel's (PFGM++) is ``g / sqrt(u)`` with ``g`` that draw and ``u = Gamma(D/2, 1) / (D/2)``
+        (= chi2_D / D) from :meth:`gamma`, one per sample (as ``StudentTKernel.sample``)."""
+        g = self._philox_randn(torch.float64)
+        if kernel.name == "gaussian":
+            return g
+        half_d = 0.5 * kernel.D
+        u = self._philox_gamma(half_d) / half_d
+        return g / torch.sqrt(u).reshape(self.n, *([1] * len(self.event_shape)))
+
+    # --- the block scheme (and GeneratorNoise) --------------------------------------------
 
     def _gather(self, draw) -> torch.Tensor:
         """``draw(generator, rows, device)`` per block (one block of rows each, on the CPU), gathered
@@ -63,21 +300,36 @@ class NoiseSource:
             return out.pin_memory().to(device, non_blocking=True)
         return out.to(device)
 
+    # --- draws ------------------------------------------------------------------------------
+
     def randn(self) -> torch.Tensor:
         """The next standard-normal draw of every sample, shape ``(n, *event_shape)``."""
+        if self.scheme == "philox":
+            return self._philox_randn(self.dtype)
         out = self._gather(lambda g, m, dev: torch.randn(m, *self.event_shape, generator=g, dtype=torch.float64,
                                                          device=dev))
         return self._deliver(out, self.dtype)
 
     def gamma(self, concentration: float) -> torch.Tensor:
         """The next ``Gamma(concentration, 1)`` draw of every sample, shape ``(n,)``, float64."""
+        if self.scheme == "philox":
+            concentration = float(concentration)
+            if not (math.isfinite(concentration) and concentration > 0):
+                raise ValueError(f"concentration must be a finite number > 0, got {concentration!r}")
+            return self._philox_gamma(concentration)
         out = self._gather(lambda g, m, dev: torch._standard_gamma(
             torch.full((m,), float(concentration), dtype=torch.float64, device=dev), generator=g))
         return self._deliver(out, torch.float64)
 
     def kernel_noise(self, kernel, dtype=torch.float64) -> torch.Tensor:
-        """A draw of the process kernel's unit noise ``n`` for every sample, by the kernel's own
-        sampler, shape ``(n, *event_shape)``, in ``dtype`` (float64 by default: scale it, then cast)."""
+        """A draw of the process kernel's unit noise ``n`` for every sample, shape
+        ``(n, *event_shape)``, in ``dtype`` (float64 by default: scale it, then cast). The Gaussian
+        and Student-t (PFGM++) kernels are drawn from the streams; another kernel by its own
+        ``sample(shape, generator=...)`` from per-block CPU generators (the ``"blocks"`` scheme)."""
+        if self.scheme == "philox" and getattr(kernel, "name", None) in ("gaussian", "student_t"):
+            return self._philox_kernel_noise(kernel).to(dtype)
+        if self.scheme == "philox" and not hasattr(self, "_gens"):
+            self._init_blocks(*self._block_seed)  # another kernel: its own sampler, per-block generators
         out = self._gather(lambda g, m, dev: kernel.sample((m, *self.event_shape), generator=g, dtype=torch.float64,
                                                            device=dev))
         return self._deliver(out, dtype)
@@ -88,6 +340,8 @@ class GeneratorNoise(NoiseSource):
     :func:`~flowsolve.solve`/:func:`~flowsolve.sample`), on the generator's own device (a CUDA
     generator draws on the GPU): reproducible for a fixed batch, but sample i's noise then
     depends on the batch size, unlike :class:`NoiseSource` streams."""
+
+    scheme = "generator"
 
     def __init__(self, generator: torch.Generator, n: int, event_shape, dtype=torch.float32, device=None):
         if not isinstance(generator, torch.Generator):
