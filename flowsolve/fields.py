@@ -186,9 +186,9 @@ def _from_denoiser_scalar(kind: str, x: torch.Tensor, den: torch.Tensor, c: _Sca
     the same order, giving the same bits, less the products by ``s = 1`` and the term
     ``(s'/s) x`` when ``s' = 0`` (EDM, VE, PFGM++), which change nothing but the work."""
     one = c.s == 1.0
-    if kind == "velocity":
-        v = c.b * (x - den if one else x - c.s * den)
-        return v if c.a == 0.0 else c.a * x + v
+    if kind == "velocity":  # in place on the fresh difference: a state-sized temporary fewer
+        v = (x - den if one else x - c.s * den).mul_(c.b)
+        return v if c.a == 0.0 else v.add_(c.a * x)
     if kind == "eps":
         return ((x if one else x / c.s) - den) / c.sig
     if kind == "score":

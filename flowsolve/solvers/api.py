@@ -172,8 +172,10 @@ def _save_points(save_at, info: SolverInfo, ts: torch.Tensor) -> SaveAt | None:
 
 
 def _execute(flow, x: torch.Tensor, ts: torch.Tensor, info: SolverInfo, options: dict, *, save, noise,
-             controller, extra_args, callback, differentiable: bool, denoise_at: float | None = None) -> Solution:
-    """Run the solver (everything checked before)."""
+             controller, extra_args, callback, differentiable: bool, denoise_at: float | None = None,
+             owned: bool = False) -> Solution:
+    """Run the solver (everything checked before). ``owned``: ``x`` was made here (the prior draw),
+    so the solver may take it as it is instead of a copy that keeps the caller's tensor intact."""
     t0, t1 = float(ts[0]), float(ts[-1])
     if controller is not None:
         controller.check_resolvable(x.dtype)
@@ -190,7 +192,7 @@ def _execute(flow, x: torch.Tensor, ts: torch.Tensor, info: SolverInfo, options:
     if info.adaptive:
         kwargs["controller"] = controller
     with torch.enable_grad() if differentiable else torch.no_grad():
-        sol = info.fn(term, x.clone(), ts, save=save, **kwargs)
+        sol = info.fn(term, x if owned else x.clone(), ts, save=save, **kwargs)
         if denoise_at is not None:
             sol = _denoise_final(term, sol, denoise_at)
     return sol
@@ -348,10 +350,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
         flow = probability_flow(process, field)
     _check_flow(flow, info, event)
     # the prior
+    owned = x_init is None
     if x_init is None:
-        prior = (GeneratorNoise(generator, n, event, device=device) if generator is not None else
-                 NoiseSource(seed, n, event, device=device, offset=offset, stream=PRIOR_STREAM))
-        x_init = (process.prior_std * prior.kernel_noise(process.kernel)).to(dtype)  # scaled in float64, cast once
+        x_init = _draw_prior(process, n, event, dtype, device, seed, offset, generator)
         overflow = int((~finite_rows(x_init)).sum())
     else:
         overflow = 0
@@ -360,12 +361,34 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
              if info.kind == "sde" else None)
     sol = _execute(flow, x_init, times, info, options, save=save, noise=noise, controller=controller,
                    extra_args=extra_args, callback=callback, differentiable=differentiable,
-                   denoise_at=float(times[-1]) if denoise_final else None)
+                   denoise_at=float(times[-1]) if denoise_final else None, owned=owned)
     sol.extras["grid"] = times
     if overflow:  # a heavy-tailed prior (PFGM) in a narrow dtype: say why those samples failed at once
         sol.message += (f"; the prior draw of {overflow} sample(s) does not fit {dtype} (|x| > "
                         f"{torch.finfo(dtype).max:.4g}): use a wider dtype or a smaller sigma_max")
     return sol
+
+
+#: Elements per block of the prior draw: its float64 temporaries stay a few MiB whatever n.
+PRIOR_BLOCK_ELEMENTS = 1 << 18
+
+
+def _draw_prior(process, n: int, event: tuple, dtype, device, seed: int, offset: int, generator) -> torch.Tensor:
+    """``n`` prior points ``s(t_max) sigma(t_max) n_kernel``, drawn and scaled in float64 and cast
+    once to ``dtype``. The per-sample streams are drawn in row blocks of ``PRIOR_BLOCK_ELEMENTS``
+    elements straight into the result (sample ``offset + i`` has its own streams, so the blocks give
+    the same numbers as one draw); one ``generator=`` draws the batch at once (its numbers depend
+    on the batch)."""
+    if generator is not None:
+        prior = GeneratorNoise(generator, n, event, device=device)
+        return (process.prior_std * prior.kernel_noise(process.kernel)).to(dtype)
+    out = torch.empty((n, *event), dtype=dtype, device=device)
+    rows = max(1, PRIOR_BLOCK_ELEMENTS // max(1, math.prod(event)))
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        z = NoiseSource(seed, m, event, device=device, offset=offset + start, stream=PRIOR_STREAM)
+        out[start:start + m] = z.kernel_noise(process.kernel).mul_(process.prior_std)
+    return out
 
 
 def _event_shape(shape, field: Field, x_init):

@@ -90,13 +90,16 @@ def _solution(term, x, grid, faults: _Faults, steps_done: int, save, extras) -> 
     """The Solution after ``steps_done`` steps of everybody (failed samples stopped earlier)."""
     times = torch.tensor(grid, dtype=torch.float64, device=x.device)
     failed = faults.failed
-    n_steps = torch.where(failed, faults.done, steps_done)
+    n_steps = faults.done  # steps_done for the samples still running: each of them counted every step
     code = torch.where(failed, NONFINITE, NONE)
     status, message = summarise(code, n_steps, times[n_steps])
     ts, xs = save.result() if save is not None else (None, None)
-    return Solution(x=x, t=times[n_steps], nfe=term.nfe, n_steps=n_steps, n_accepted=n_steps.clone(),
-                    n_rejected=torch.zeros_like(n_steps), failed=failed, fault=code,
-                    status=status, message=message, ts=ts, xs=xs, extras=dict(extras or {}))
+    # a fixed grid accepts every step and rejects none: n_accepted is n_steps, and the zeros are one
+    # number broadcast (per-sample int64 records cost as much as a 2-D state each)
+    rejected = torch.zeros((), dtype=n_steps.dtype, device=n_steps.device).expand(n_steps.shape[0])
+    return Solution(x=x, t=times[n_steps], nfe=term.nfe, n_steps=n_steps, n_accepted=n_steps, n_rejected=rejected,
+                    failed=failed, fault=code, status=status, message=message, ts=ts, xs=xs,
+                    extras=dict(extras or {}))
 
 
 def denoise_final(term: Term, sol: Solution, t: float) -> Solution:

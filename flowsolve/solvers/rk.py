@@ -87,13 +87,16 @@ TSIT5 = ButcherTableau(
     _TSIT5_B, b_low=tuple(b - e for b, e in zip(_TSIT5_B, _TSIT5_BTILDE)), low_order=4, fsal=True)
 
 
-def _combine(x, h, coefs, ks):
+def _combine(x, h, coefs, ks, consume: bool = False):
     """``x + h * sum_j coefs[j] k_j`` skipping zero coefficients and products by 1 (exact); ``h``
     a float or per-sample tensor. The sum accumulates in place in a buffer of its own: one
     temporary of the state's size however many stages, with the operations (hence the bits) of
-    the plain expression."""
+    the plain expression. ``consume``: this is the last use of ``ks`` (the step's final
+    combination), so each stage is dropped from the list once folded in, and freed."""
     acc, owned = None, False
-    for a, k in zip(coefs, ks):
+    for j, (a, k) in enumerate(zip(coefs, ks)):
+        if consume:
+            ks[j] = None
         if a == 0:
             continue
         a = float(a)
@@ -104,7 +107,12 @@ def _combine(x, h, coefs, ks):
             acc.add_(term)
         else:
             acc, owned = acc + term, True
-    return x if acc is None else x + h * acc
+    if acc is None:
+        return x
+    if isinstance(h, torch.Tensor):  # per-sample steps (adaptive): the plain expression
+        return x + h * acc
+    # h * acc + x is x + h * acc to the bit; made in a buffer of its own, one temporary fewer
+    return (acc.mul_(h) if owned else acc * h).add_(x)
 
 
 def _stage_time(t0: float, t1: float, c: float) -> float:
@@ -123,7 +131,7 @@ def rk_step(tableau: ButcherTableau, term, x: torch.Tensor, t0: float, t1: float
     ks = []
     for ci, row in zip(c, a):
         ks.append(term.drift(_combine(x, h, row, ks), _stage_time(t0, t1, ci)))
-    return _combine(x, h, b, ks)
+    return _combine(x, h, b, ks, consume=True)
 
 
 def _float_tableau(tableau: ButcherTableau):
