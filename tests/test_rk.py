@@ -828,11 +828,15 @@ CONTROLLER_DEFAULTS = dict(rtol=1e-5, atol=1e-5, norm="rms", pcoeff=0.4, icoeff=
                            factor_min=0.2, factor_max=10.0, first_step=None, dt_min=None, dt_max=None,
                            shared_step=False, error_scale="sum")
 OPTIONS = {**{name: {} for name in ["euler", "midpoint", "heun", "ralston", "rk4",
-                                    "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"]},
-           "dpmpp_2m": {"lower_order_final": True}, "unipc": {"lower_order_final": True},
+                                    "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpm_2"]},
+           "dpmpp_2m": {"lower_order_final": True},
+           "unipc": {"lower_order_final": True, "order": 2, "variant": "bh2", "corrector": True},
+           "deis": {"order": 3, "variant": "tAB"},
            "dpmpp_3m": {"lower_order_final": True, "variant": "exact"},
            "ipndm": {"max_order": 4}, "ipndm_v": {"max_order": 4, "variant": "exact"}, "lms": {"order": 4},
-           **{name: {"max_steps": 10_000, **CONTROLLER_DEFAULTS} for name in ["bosh3", "tsit5", "dopri5"]}}
+           **{name: {"max_steps": 10_000, **CONTROLLER_DEFAULTS} for name in ["bosh3", "tsit5", "dopri5"]},
+           "dpm_adaptive": {"max_steps": 10_000, "orders": (2, 3), "prediction": "data", "check_end": True,
+                            **dict(CONTROLLER_DEFAULTS, rtol=3e-3, atol=1e-2, pcoeff=0.0, icoeff=1.0, safety=0.7)}}
 
 
 def _edm_problem(n=3):
