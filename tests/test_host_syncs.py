@@ -63,12 +63,7 @@ def test_fixed_step_solvers_read_nothing_back_per_step(solver):
     assert syncs[0] == syncs[1], f"{solver}: {syncs[0]} conversions at 6 steps, {syncs[1]} at 12"
 
 
-_SDE_MEMORY = pytest.mark.xfail(strict=True, reason="adaptive_sde's Brownian memory (BrownianMemory.commit) reads "
-                                "back two scalars per iteration to size its buffer: not yet removed")
-
-
-@pytest.mark.parametrize("solver", [pytest.param(name, marks=[_SDE_MEMORY] if info["kind"] == "sde" else [])
-                                    for name, info in fs.available_solvers().items() if info["adaptive"]])
+@pytest.mark.parametrize("solver", [name for name, info in fs.available_solvers().items() if info["adaptive"]])
 def test_adaptive_solvers_read_back_once_per_iteration(solver):
     process = fs.EDM()
     field = _network_field(process)

@@ -379,6 +379,13 @@ class BrownianMemory:
         self.incs = torch.zeros((n, capacity, *event_shape), dtype=dtype, device=device)
         self.count = torch.zeros(n, dtype=torch.long, device=device)
         self._pending = None
+        # the largest count as of the last commit, copied to host memory without waiting for the
+        # device (pinned memory for an accelerator); read at the next commit, after the adaptive
+        # loop's own synchronisation has completed the copy
+        on_host = self.count.device.type == "cpu"
+        self._max_count = torch.zeros(1, dtype=torch.long, pin_memory=not on_host and torch.cuda.is_available())
+        self._max_count_value = self._max_count.numpy()  # a view of the same host memory
+        self._max_count_copied = None if on_host else _event(self.count.device)
 
     def _grow(self):
         self.times = torch.cat([self.times, torch.full_like(self.times, math.nan)], dim=1)
@@ -418,7 +425,11 @@ class BrownianMemory:
         those samples to ``t_next``; the others keep ``t_next`` as a point of their path."""
         rows, t_next, n_passed, exact, inside, piece = self._pending
         self._pending = None
-        if bool((~accepted & ~exact).any()) and int(self.count[rows].max()) + 1 > self.times.shape[1]:
+        # a commit adds at most one point per sample: room for the last known largest count + 1
+        # is enough, and that count needs no read-back now
+        if self._max_count_copied is not None:
+            self._max_count_copied.synchronize()  # done already when the loop has synchronised
+        if int(self._max_count_value[0]) + 1 > self.times.shape[1]:
             self._grow()
         times, incs, count = self.times[rows], self.incs[rows], self.count[rows]
         k = times.shape[1]
@@ -445,6 +456,17 @@ class BrownianMemory:
         self.times[rows] = torch.where(keep, acc_times, rej_times)
         self.incs[rows] = torch.where(_per_slot(keep.expand(-1, k), acc_incs), acc_incs, rej_incs)
         self.count[rows] = torch.where(accepted, count - n_passed, rej_count)
+        self._max_count.copy_(self.count.max().reshape(1), non_blocking=self._max_count_copied is not None)
+        if self._max_count_copied is not None:
+            self._max_count_copied.record()
+
+
+def _event(device: torch.device):
+    """An event of ``device``'s stream (to know when an asynchronous copy has landed), or None
+    where the backend has none."""
+    backend = getattr(torch, device.type, None)
+    event = getattr(backend, "Event", None)
+    return event() if event is not None else None
 
 
 def _per_row(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
