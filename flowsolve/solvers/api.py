@@ -240,13 +240,86 @@ class _StateNoise:
 
 
 # ---------------------------------------------------------------------------------------
+# compile=True
+# ---------------------------------------------------------------------------------------
+
+def _check_compile(compile, info: SolverInfo) -> bool:
+    compile = check_bool("compile", compile)
+    if compile and info.adaptive:
+        raise ValueError(f"compile=True is for fixed-step solvers; {info.name!r} is adaptive: its steps act on "
+                         "changing subsets of the batch (a new shape at almost every attempt, hence a recompilation "
+                         "each time). Use a fixed-step solver, or compile=False")
+    return compile
+
+
+class _CompiledNetwork:
+    """``torch.compile(fn, dynamic=False)`` with the fallback: if the compiled call raises (no C++
+    compiler for inductor, an operation dynamo cannot trace, ...), a warning says so once and this
+    and every later call run ``fn`` eagerly; an error of ``fn`` itself is then raised by the eager
+    call, as without compile."""
+
+    def __init__(self, fn):
+        self.fn, self.compiled, self.failed = fn, torch.compile(fn, dynamic=False), None
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, *args, **kwargs):
+        if self.failed is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 -- any failure of compilation falls back to eager
+                import warnings
+                self.failed = err
+                warnings.warn(f"compile=True: torch.compile of the field's network failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); running it eagerly",
+                              RuntimeWarning, stacklevel=2)
+        return self.fn(*args, **kwargs)
+
+
+def compiled_field(field: Field) -> Field:
+    """The field with its network compiled: a copy of ``field`` whose callable (``fn`` of a field
+    made by ``fs.Field.from_*``, else its ``_denoise``) is ``torch.compile(..., dynamic=False)``.
+
+    What is compiled is the network, called with the state and a tensor of times: the times are
+    data, not constants, so one compilation serves every step of a grid (compiling the solver's
+    step, whose times are Python floats, would recompile at every step). The copy is kept on the
+    field, so later solves with the same field reuse its compiled code; a new batch shape or dtype
+    compiles once more. Fields whose ``_evaluate`` is their own (the exact fields of
+    ``flowsolve.toy``) are compiled whole. Falls back to eager execution, with a warning, if
+    compilation fails."""
+    cached = field.__dict__.get("_cache_compiled")
+    if cached is not None:
+        return cached
+    import copy
+    twin = copy.copy(field)
+    twin.__dict__.pop("_cache_compiled", None)
+    if hasattr(field, "fn") and getattr(field, "kind", None) is not None:
+        twin.fn = _CompiledNetwork(field.fn)
+    elif type(field)._evaluate is Field._evaluate:
+        twin._denoise = _CompiledNetwork(field._denoise)
+    else:
+        twin._evaluate = _CompiledNetwork(field._evaluate)
+    field.__dict__["_cache_compiled"] = twin
+    return twin
+
+
+def _compiled_flow(flow, info: SolverInfo):
+    """``flow`` with its field compiled (:func:`compiled_field`)."""
+    field = getattr(flow, "field", None)
+    if field is None or type(flow) not in (ProbabilityFlowODE, ReverseSDE):
+        raise ValueError(f"compile=True compiles the field's network, and {_describe(flow)} has none: make the flow "
+                         "with fs.probability_flow(process, field) or fs.reverse_sde(process, field), or pass "
+                         "compile=False")
+    return type(flow)(flow.process, compiled_field(field), getattr(flow, "_score", None))
+
+
+# ---------------------------------------------------------------------------------------
 # entry points
 # ---------------------------------------------------------------------------------------
 
 def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, steps: int | None = None, dt: float | None = None,
           seed: int | None = None, noise: NoiseSource | None = None, generator: torch.Generator | None = None,
           save_at=None, extra_args: dict | None = None, callback=None, differentiable: bool = False,
-          controller: PIDController | None = None, **options) -> Solution:
+          controller: PIDController | None = None, compile: bool = False, **options) -> Solution:
     """Integrate ``flow`` (anything with ``drift(x, t)``, plus ``diffusion(t)`` for an SDE) from
     ``ts[0]`` to ``ts[-1]``, for a batch ``x`` of shape ``(n, *event_shape)``.
 
@@ -266,6 +339,9 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, steps: int | None 
     no autograd graph unless ``differentiable=True``. ``drift`` receives t as a Python float, or
     as a float64 tensor of shape ``(n,)`` when samples sit at different times (adaptive solvers).
     Options are the solver's own (``fs.available_solvers()[solver]["options"]``).
+
+    ``compile=True`` (fixed-step solvers only) runs the field's network through ``torch.compile``
+    (see :func:`compiled_field`); the solver's loop stays eager around it.
     """
     info = get_solver(solver)
     x = _check_state(x)
@@ -273,6 +349,7 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, steps: int | None 
     ts = _check_times(flow, ts, info, steps, dt)
     options, controller = _split_controller(info, controller, dict(options))
     differentiable = _check_common(extra_args, callback, differentiable)
+    flow = _compiled_flow(flow, info) if _check_compile(compile, info) else flow
     source = _noise_for(info, seed, noise, generator, x)
     save = _save_points(save_at, info, ts)
     return _execute(flow, x, ts, info, options, save=save, noise=source, controller=controller,
@@ -284,7 +361,7 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
            offset: int | None = None, generator: torch.Generator | None = None, x_init: torch.Tensor | None = None,
            dtype=None, device=None, denoise_final: bool = False, save_at=None, extra_args: dict | None = None,
            callback=None, differentiable: bool = False, controller: PIDController | None = None,
-           **options) -> Solution:
+           compile: bool = False, **options) -> Solution:
     """Draw ``n`` samples: prior at ``t_max`` -> data at ``t_min``.
 
     Budget: a fixed-step solver takes exactly one of ``steps`` or ``nfe`` (with ``nfe`` the step
@@ -301,7 +378,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     Randomness: sample ``offset + i`` (offset default 0) has its own streams of ``seed`` (default 0)
     for the prior and the solver's noise; ``generator=`` draws both from one generator instead
     (then sample i depends on the batch). An ODE solver with ``x_init`` draws nothing, so
-    ``seed``/``offset``/``generator`` are refused there. The rest is as in :func:`solve`.
+    ``seed``/``offset``/``generator`` are refused there. ``compile=True`` compiles the field's
+    network with ``torch.compile`` (fixed-step solvers; :func:`compiled_field`). The rest is as in
+    :func:`solve`.
     """
     require_canonical(process, "sample")
     info = get_solver(solver)
@@ -312,6 +391,7 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     n = check_int("n", n, 0)
     denoise_final = check_bool("denoise_final", denoise_final)
     differentiable = _check_common(extra_args, callback, differentiable)
+    compile = _check_compile(compile, info)
     options, controller = _split_controller(info, controller, dict(options))
     # the state: shape, dtype, device
     if x_init is not None:
@@ -349,6 +429,8 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     else:
         flow = probability_flow(process, field)
     _check_flow(flow, info, event)
+    if compile:
+        flow = _compiled_flow(flow, info)
     # the prior
     owned = x_init is None
     if x_init is None:

@@ -14,6 +14,8 @@ import torch
 
 from .saving import SaveAt
 from .solution import NONE, NONFINITE, Solution, finite_rows, interrupted, per_sample, summarise
+
+__all__ = ["run_fixed_grid", "march", "freeze", "denoise_final"]
 from .term import FieldError, Term
 
 
@@ -65,6 +67,16 @@ def run_fixed_grid(term: Term, x: torch.Tensor, ts: torch.Tensor, step: Callable
     faults = _Faults(x)
     if save is not None:
         save.start(x, grid[0])
+    x = march(term, x, grid, faults, step, save, extras)
+    return _solution(term, x, grid, faults, len(grid) - 1, save, extras)
+
+
+def march(term: Term, x: torch.Tensor, grid: list, faults: _Faults, step: Callable, save: SaveAt | None = None,
+          extras: dict | None = None) -> torch.Tensor:
+    """The steps of :func:`run_fixed_grid` along the Python floats ``grid``, updating ``faults``;
+    returns the final state. Without ``save`` or a callback it launches device work only: no
+    host synchronisation, no branch on a tensor's value, static shapes, so a CUDA graph can
+    capture it whole (``benchmarks/gpu_checks.py`` does)."""
     n_steps = len(grid) - 1
     callback = term.callback
     for i in range(n_steps):
@@ -83,7 +95,7 @@ def run_fixed_grid(term: Term, x: torch.Tensor, ts: torch.Tensor, step: Callable
         del x_new
         if save is not None:
             save.at_grid_index(i + 1, x, faults.failed)
-    return _solution(term, x, grid, faults, n_steps, save, extras)
+    return x
 
 
 def _solution(term, x, grid, faults: _Faults, steps_done: int, save, extras) -> Solution:
