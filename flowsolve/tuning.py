@@ -77,7 +77,8 @@ class TunedGrid:
     from the cache); ``fingerprint``: the sha256 key of the cache (None when uncached);
     ``cached``: loaded from the disk cache; ``kept_warm_start``: the optimised grid was worse than
     its warm start on the held-out points (it over-fitted the calibration points), so ``ts`` is the
-    warm start's grid and ``calibration_rmse``/``heldout_rmse`` are its errors."""
+    warm start's grid and ``calibration_rmse``/``heldout_rmse`` are its errors; ``process``: the
+    repr of the process it was tuned for (so that a caller can refuse it on another)."""
 
     ts: torch.Tensor
     solver: str
@@ -98,6 +99,7 @@ class TunedGrid:
     fingerprint: str | None = None
     cached: bool = False
     kept_warm_start: bool = False
+    process: str = ""
 
     @property
     def heldout_gain(self) -> float:
@@ -447,7 +449,7 @@ def tune_grid(process, field, solver: str, nfe: int, *, options: dict | None = N
         ts=ts, solver=solver, options=options, nfe=nfe, steps=steps, warm_start=best_name,
         calibration_rmse=calibration_rmse, heldout_rmse=heldout_rmse,
         warm_start_calibration_rmse=warm_calibration, warm_start_heldout_rmse=warm_heldout,
-        kept_warm_start=kept_warm_start,
+        kept_warm_start=kept_warm_start, process=repr(process),
         warm_start_errors={name: math.exp(value) for name, (_, value) in starts.items()},
         objective_evaluations=spent["solves"], field_evaluations=spent["nfe"],
         reference_field_evaluations=0.5 * ((ref_cal.nfe_mean or 0.0) + (ref_held.nfe_mean or 0.0)),

@@ -51,7 +51,7 @@ def test_tuned_grid_is_in_span_with_the_steps_the_budget_buys_and_beats_its_warm
     info = fs.solvers.registry.get_solver("heun")
     assert tg.steps == info.max_steps_within(8, {}) == 4 and tg.ts.numel() == 5
     assert tg.ts[0] == PROCESS.t_max and tg.ts[-1] == PROCESS.t_min and bool((tg.ts[1:] < tg.ts[:-1]).all())
-    assert tg.warm_start in ("log_sigma", "karras")
+    assert tg.warm_start in ("log_sigma", "karras") and tg.process == repr(PROCESS)
     assert tg.calibration_rmse <= min(tg.warm_start_errors.values())
     # measured on held-out start points, not the calibration ones
     assert tg.heldout_rmse < 0.8 * tg.warm_start_heldout_rmse, tg
