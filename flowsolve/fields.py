@@ -108,7 +108,8 @@ def schedule_at(process: Process, name: str, t: float) -> float:
     key = (name, t)
     value = memo.get(key)
     if value is None:
-        value = memo[key] = float(getattr(process, _SCHEDULES[name])(torch.tensor([t], dtype=torch.float64))[0])
+        # a 0-d float64 host tensor, as the schedules of one time have always been evaluated
+        value = memo[key] = float(getattr(process, _SCHEDULES[name])(torch.tensor(t, dtype=torch.float64)))
     return value
 
 

@@ -63,6 +63,25 @@ def test_fixed_step_solvers_read_nothing_back_per_step(solver):
     assert syncs[0] == syncs[1], f"{solver}: {syncs[0]} conversions at 6 steps, {syncs[1]} at 12"
 
 
+def _linear_sde():
+    """A VP-like process given by its SDE: SciPy interpolates its schedules on the host, and used
+    to copy the times there at every evaluation."""
+    beta = lambda t: 0.1 + 19.9 * t  # noqa: E731
+    return fs.LinearSDE(lambda t: -0.5 * beta(t), lambda t: torch.sqrt(beta(t)), t_min=1e-3, t_max=1.0)
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpmpp_2m", "euler_maruyama"])
+def test_linear_sde_schedules_read_nothing_back_per_step(solver):
+    process = _linear_sde()
+    field = _network_field(process)
+    syncs = []
+    for steps in (6, 12):
+        with counted() as c:
+            fs.sample(process, field, 16, solver, steps=steps, seed=0)
+        syncs.append(c["n"])
+    assert syncs[0] == syncs[1], f"{solver}: {syncs[0]} conversions at 6 steps, {syncs[1]} at 12"
+
+
 @pytest.mark.parametrize("solver", [name for name, info in fs.available_solvers().items() if info["adaptive"]])
 def test_adaptive_solvers_read_back_once_per_iteration(solver):
     process = fs.EDM()
