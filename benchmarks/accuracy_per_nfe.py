@@ -9,9 +9,9 @@ For each sharp mixture problem and each NFE budget, on the problem's bench start
   the best pair is the one with the lowest RMSE *on the evaluation points themselves* (a choice
   that favours the published side);
 * **tuned**: ``fs.tune_grid`` for the ``--top`` published solvers of that cell (those with the lowest
-  best-grid RMSE among the tunable multistep samplers) and for ALWAYS_TUNED (UniPC, DPM-Solver++ 3M), on calibration start points of another
-  seed; among them the winner is picked by its *held-out* RMSE (a third seed), never by the
-  evaluation points, and then evaluated on the same start points as the published pairs through
+  best-grid RMSE among the tunable multistep samplers) and for ALWAYS_TUNED (UniPC, DPM-Solver++ 3M),
+  on calibration start points of another seed; among them the winner is picked by its *held-out*
+  RMSE (a third seed), never by the evaluation points, and then evaluated on the same start points as the published pairs through
   ``fs.sample(..., solver=tg.solver, grid="explicit", ts=tg.ts)``.
 
 Prints each RMSE, the winning pair, the ratio (best published / tuned), whether 3x is met, the
