@@ -16,6 +16,7 @@ import torch
 from .._validation import check_bool, check_device, check_event_shape, check_float_dtype, check_int, check_real
 from ..fields import Field
 from ..flows import ProbabilityFlowODE, ReverseSDE, _as_field, probability_flow, reverse_sde
+from ..grids import _GRIDS as _GRID_MAKERS
 from ..grids import MAX_STEPS, check_times, make_grid
 from ..processes import Diffusion, require_canonical
 from .adaptive import PIDController
@@ -529,4 +530,24 @@ def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho,
         if steps < 1:
             raise ValueError(f"nfe={nfe} is below one step of {info.name!r} ({info.nfe_per_step_for(options)} NFE per "
                              f"step{' + 1 for the final denoising' if extra else ''})")
-    return make_grid(process, grid, steps, **({} if rho is None else {"rho": rho}))
+    return _named_grid(process, grid, steps, rho)
+
+
+#: Named grids already made, by (process, grid, steps, rho): a grid costs about as much to make as
+#: a few steps of a small batch cost to take, and a sampler is called with the same one again and
+#: again. Processes are values (equal parameters, equal key); kept small.
+_MADE_GRIDS: dict = {}
+
+
+def _named_grid(process, grid: str, steps: int, rho) -> torch.Tensor:
+    key = (process, grid, steps, rho, _GRID_MAKERS.get(grid) if isinstance(grid, str) else None)
+    try:
+        times = _MADE_GRIDS.get(key)
+    except TypeError:  # a process holding something unhashable: make the grid each time
+        return make_grid(process, grid, steps, **({} if rho is None else {"rho": rho}))
+    if times is None:
+        times = make_grid(process, grid, steps, **({} if rho is None else {"rho": rho}))
+        if len(_MADE_GRIDS) >= 256:
+            _MADE_GRIDS.clear()
+        _MADE_GRIDS[key] = times
+    return times.clone()  # the caller's own (it lands in Solution.extras["grid"])
