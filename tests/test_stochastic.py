@@ -177,7 +177,7 @@ VP_SIGMA_MIN = float(fs.VP().sigma(fs.VP().t_min))
     ("pc", dict(steps=10, corrector="ald"), dict(steps=100, corrector="ald")),
     ("annealed_langevin", dict(steps=8, n_steps_each=10, eps=VP_SIGMA_MIN**2),
      dict(steps=30, n_steps_each=30, eps=VP_SIGMA_MIN**2)),
-    ("adaptive_sde", dict(rtol=0.5, atol=0.5), dict(rtol=1e-2, atol=1e-2)),
+    ("adaptive_sde", dict(rtol=1.0, atol=1.0), dict(rtol=1e-2, atol=1e-2)),  # rtol 0.5: z 2.7-5.4 by seed
 ], ids=["pc-ald", "annealed_langevin", "adaptive_sde"])
 def test_nonlinear_samplers_match_gaussian_law(solver, lo, hi):
     process = fs.VP()
