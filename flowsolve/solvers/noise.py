@@ -48,36 +48,39 @@ def philox4x32(counter: torch.Tensor, key, rounds: int = PHILOX_ROUNDS) -> torch
     if counter.dtype != torch.int64 or counter.shape[:1] != (4,):
         raise ValueError(f"counter must be an int64 tensor of shape (4, ...), got {counter.dtype} "
                          f"{tuple(counter.shape)}")
-    a, lo = _philox_pairs(counter, key, check_int("rounds", rounds, 1))
+    a, lo = _philox_pairs(counter.unbind(0), key, check_int("rounds", rounds, 1))
     # an even number of rounds leaves a = [c0, c2], lo = [c1, c3]; an odd one a = [c2, c0], lo = [c3, c1]
     if rounds % 2 == 0:
         return torch.stack([a[0], lo[0], a[1], lo[1]])
     return torch.stack([a[1], lo[1], a[0], lo[0]])
 
 
-def _philox_pairs(counter: torch.Tensor, key, rounds: int = PHILOX_ROUNDS):
-    """The rounds of :func:`philox4x32`, two words per tensor op: ``a`` holds the two words that
-    are multiplied in a round and ``lo`` the low halves of the last products. Returns ``(a, lo)``
+def _philox_pairs(counter, key, rounds: int = PHILOX_ROUNDS):
+    """The rounds of :func:`philox4x32` on the words ``counter = (c0, c1, c2, c3)`` (int64 tensors
+    that broadcast together), two words per tensor op: ``a`` holds the two words that are
+    multiplied in a round and ``lo`` the low halves of the last products. Returns ``(a, lo)``
     (see :func:`philox4x32` for their order)."""
+    c0, c1, c2, c3 = counter
+    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape)
     k0, k1 = (int(k) & _MASK32 for k in key)
-    view = (2,) + (1,) * (counter.ndim - 1)
+    view = (2,) + (1,) * len(shape)
     round_keys = []
     for r in range(rounds):
         # round r multiplies [c0, c2] (r even) or [c2, c0] (r odd): hi(M0 c0) takes k1, hi(M1 c2) k0
         round_keys.append([k1, k0] if r % 2 == 0 else [k0, k1])
         k0, k1 = (k0 + PHILOX_W0) & _MASK32, (k1 + PHILOX_W1) & _MASK32
-    device = counter.device
+    device = c0.device
     round_keys = torch.tensor(round_keys, dtype=torch.int64, device=device).view((rounds,) + view)
     mults = torch.tensor([[PHILOX_M0, PHILOX_M1], [PHILOX_M1, PHILOX_M0]], dtype=torch.int64,
                          device=device).view((2,) + view)
-    a, lo = counter[0::2], None
+    a, lo = torch.stack(torch.broadcast_tensors(c0, c2)), None
     for r in range(rounds):
         p = a * mults[r % 2]
         h = p >> 32
         # each high half is xored with the low half of the *other* product (the first round: c3, c1)
         if lo is None:
-            h[0] ^= counter[3]
-            h[1] ^= counter[1]
+            h[0] ^= c3
+            h[1] ^= c1
         else:
             h[0] ^= lo[1]
             h[1] ^= lo[0]
@@ -89,13 +92,19 @@ def _philox_pairs(counter: torch.Tensor, key, rounds: int = PHILOX_ROUNDS):
 
 def box_muller(radius_words: torch.Tensor, angle_words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent standard normals per pair of 32-bit words (Box & Muller 1958), in float64:
-    ``u = (w_r + 1/2) 2^-32`` in (0, 1) (never 0, so the log is finite; the largest radius is
-    ``sqrt(64 ln 2 + 2 ln 2) = 6.77``, which truncates a probability of 1.3e-11), ``theta = 2 pi w_a 2^-32``,
-    ``(z1, z2) = sqrt(-2 ln u) (cos theta, sin theta)``."""
+    ``u = (w_r + 1/2) 2^-32`` in (0, 1) (never 0, so the log is finite), ``theta = 2 pi w_a 2^-32``,
+    ``(z1, z2) = sqrt(-2 ln u) (cos theta, sin theta)``. The radius is at most ``sqrt(66 ln 2) = 6.76``:
+    the law's radius tail beyond it has probability ``2^-33 = 1.2e-10`` (``P(|z| > 6.76) = 1.3e-11``)."""
+    z = _box_muller_pairs(radius_words, angle_words)
+    return z[..., 0], z[..., 1]
+
+
+def _box_muller_pairs(radius_words: torch.Tensor, angle_words: torch.Tensor) -> torch.Tensor:
+    """:func:`box_muller` as one tensor ``(..., 2)``: ``[..., 0]`` the cosine normal, ``[..., 1]`` the sine one."""
     u = radius_words.to(torch.float64).add_(0.5).mul_(2.0**-32)
     radius = u.log_().mul_(-2.0).sqrt_()
     theta = angle_words.to(torch.float64).mul_(2.0 * math.pi * 2.0**-32)
-    return radius * torch.cos(theta), radius.mul_(torch.sin(theta))
+    return torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1).mul_(radius.unsqueeze(-1))
 
 
 def philox_key(seed: int, stream: int) -> tuple[int, int]:
@@ -178,17 +187,11 @@ class NoiseSource:
 
     # --- the counter-based streams -------------------------------------------------------
 
-    def _chunk_rows(self, blocks_per_row: int) -> int:
-        chunk = self.CPU_CHUNK if self._device.type == "cpu" else self.DEVICE_CHUNK
-        return max(1, chunk // max(1, blocks_per_row))
-
-    def _philox_words(self, rows: slice, c2: torch.Tensor, c3: torch.Tensor):
-        """Philox pairs ``(a, lo)`` (see :func:`_philox_pairs`) for the samples ``rows`` and counter
-        words ``c2, c3`` (shape ``(m,)``): shapes ``(2, rows, m)``."""
+    def _philox_words(self, rows, c2: torch.Tensor, c3: torch.Tensor):
+        """Philox pairs ``(a, lo)`` (see :func:`_philox_pairs`) for the samples ``rows`` (a slice or
+        an index tensor) and the counter words ``c2, c3`` (shape ``(m,)``): shapes ``(2, rows, m)``."""
         lo_idx, hi_idx = (w[rows].unsqueeze(1) for w in self._index_words)
-        shape = (lo_idx.shape[0], c2.shape[0])
-        counter = torch.stack([lo_idx.expand(shape), hi_idx.expand(shape), c2.expand(shape), c3.expand(shape)])
-        return _philox_pairs(counter, self.key)
+        return _philox_pairs((lo_idx, hi_idx, c2.unsqueeze(0), c3.unsqueeze(0)), self.key)
 
     def _normal_blocks(self, first: int, count: int) -> torch.Tensor:
         """Normals of the stream blocks ``first .. first + count - 1`` of every sample:
@@ -206,8 +209,8 @@ class NoiseSource:
             piece = self.CPU_FLOAT_CHUNK if on_cpu and torch.get_num_threads() > 1 else flat.shape[0]
             for s0 in range(0, flat.shape[0], piece):
                 cols = slice(s0, s0 + piece)
-                cos, sin = box_muller(a[:, cols], lo[:, cols])  # pairs (w0, w1) and (w2, w3)
-                flat[cols] = torch.stack([cos, sin], dim=-1).permute(1, 0, 2).reshape(-1, NORMALS_PER_BLOCK)
+                # pairs (w0, w1) and (w2, w3): flat[:, 2p + q] is pair p's cos (q = 0) or sin (q = 1) normal
+                flat[cols].view(-1, 2, 2).transpose(0, 1).copy_(_box_muller_pairs(a[:, cols], lo[:, cols]))
         return out.reshape(self.n, count * NORMALS_PER_BLOCK)
 
     def _stream_normals(self, count: int) -> torch.Tensor:
