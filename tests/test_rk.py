@@ -743,7 +743,9 @@ def test_fifth_order_pairs_as_fixed_step_tableaus(name):
     tab = {"dopri5": DOPRI5, "tsit5": TSIT5}[name]
     proc = fs.VP()
     flow = fs.probability_flow(proc, fs.exact_field(proc, fs.toy.random_mixture(2, 3, seed=1)))
-    x0 = proc.prior_std * fs.NoiseSource(0, 8, 2, dtype=torch.float64).randn()
+    # start points of a fixed generator, not of fs.NoiseSource: the observed order at these step
+    # counts depends on where the samples start (4.5 to 6.6 over a few draws), so they are pinned
+    x0 = proc.prior_std * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = fs.solve(flow, x0, (1.0, 0.2), "dopri5", rtol=1e-13, atol=1e-13).x
     errs = []
     for n in (16, 32, 64):
