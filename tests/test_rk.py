@@ -744,11 +744,12 @@ def test_fifth_order_pairs_as_fixed_step_tableaus(name):
     proc = fs.VP()
     flow = fs.probability_flow(proc, fs.exact_field(proc, fs.toy.random_mixture(2, 3, seed=1)))
     # start points of a fixed generator, not of fs.NoiseSource: the observed order at these step
-    # counts depends on where the samples start (4.5 to 6.6 over a few draws), so they are pinned
+    # counts depends on where the samples start (4.5 to 6.6 over a few draws at 16-64 steps), so
+    # they are pinned, and the steps are 32-128, nearer the asymptote (5.1-5.4 for both here)
     x0 = proc.prior_std * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = fs.solve(flow, x0, (1.0, 0.2), "dopri5", rtol=1e-13, atol=1e-13).x
     errs = []
-    for n in (16, 32, 64):
+    for n in (32, 64, 128):
         term = Term.for_state(flow, x0, name)
         sol = run_fixed_grid(term, x0.clone(), torch.linspace(1.0, 0.2, n + 1, dtype=F64),
                              lambda i, x, t0, t1: rk_step(tab, term, x, t0, t1))
