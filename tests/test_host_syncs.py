@@ -63,16 +63,17 @@ def test_fixed_step_solvers_read_nothing_back_per_step(solver):
     assert syncs[0] == syncs[1], f"{solver}: {syncs[0]} conversions at 6 steps, {syncs[1]} at 12"
 
 
-def _linear_sde():
+@pytest.fixture(scope="module")
+def linear_sde():
     """A VP-like process given by its SDE: SciPy interpolates its schedules on the host, and used
-    to copy the times there at every evaluation."""
+    to copy the times there at every evaluation. Made once (its construction integrates f and g)."""
     beta = lambda t: 0.1 + 19.9 * t  # noqa: E731
     return fs.LinearSDE(lambda t: -0.5 * beta(t), lambda t: torch.sqrt(beta(t)), t_min=1e-3, t_max=1.0)
 
 
 @pytest.mark.parametrize("solver", ["heun", "dpmpp_2m", "euler_maruyama"])
-def test_linear_sde_schedules_read_nothing_back_per_step(solver):
-    process = _linear_sde()
+def test_linear_sde_schedules_read_nothing_back_per_step(solver, linear_sde):
+    process = linear_sde
     field = _network_field(process)
     syncs = []
     for steps in (6, 12):
