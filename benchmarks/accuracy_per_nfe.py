@@ -12,7 +12,7 @@ For each sharp mixture problem and each NFE budget, on the problem's bench start
   best-grid RMSE among the tunable multistep samplers) and for ALWAYS_TUNED (UniPC, DPM-Solver++ 3M),
   on calibration start points of another seed; among them the winner is picked by its *held-out*
   RMSE (a third seed), never by the evaluation points, and then evaluated on the same start points as the published pairs through
-  ``fs.sample(..., solver=tg.solver, grid="explicit", ts=tg.ts)``.
+  ``fs.sample(..., solver=tg.solver, grid=tg, nfe=tg.nfe)``.
 
 Prints each RMSE, the winning pair, the ratio (best published / tuned), whether 3x is met, the
 tuning cost (seconds, solves, field evaluations per calibration sample) and the generalisation gap
@@ -110,8 +110,8 @@ def main(argv=None):
                                   max_evaluations=args.max_evaluations, n_calibration=args.n_calibration,
                                   n_heldout=args.n_calibration,
                                   cache=not args.no_cache)
-                sol = fs.sample(problem.process, problem.field, x0.shape[0], tg.solver, grid="explicit", ts=tg.ts,
-                                x_init=x0, dtype=torch.float64, **tg.options)
+                sol = fs.sample(problem.process, problem.field, x0.shape[0], nfe=nfe, x_init=x0, dtype=torch.float64,
+                                **tg.sample_kwargs())
                 assert int(sol.nfe.max()) <= nfe
                 tuned.append((tg, rmse(sol.x, reference.x)))
                 print(f"   nfe {nfe:>2} tuned {label(solver, dict(options)):<18} eval {tuned[-1][1]:.3e}  "

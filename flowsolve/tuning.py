@@ -113,8 +113,8 @@ class TunedGrid:
 
     def sample_kwargs(self) -> dict:
         """Keyword arguments that make ``fs.sample`` use this grid:
-        ``fs.sample(process, field, n, **tg.sample_kwargs())``."""
-        return {"solver": self.solver, "grid": "explicit", "ts": self.ts, **self.options}
+        ``fs.sample(process, field, n, **tg.sample_kwargs())`` (its solver, its options and ``grid=tg``)."""
+        return {"solver": self.solver, "grid": self, **self.options}
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -307,7 +307,8 @@ def tune_grid(process, field, solver: str, nfe: int, *, options: dict | None = N
     the solver, options, nfe and every tuning setting. ``cache=False`` always tunes and writes
     nothing.
 
-    Use it as ``fs.sample(process, field, n, solver=tg.solver, grid="explicit", ts=tg.ts)``.
+    Use it as ``fs.sample(process, field, n, solver=tg.solver, grid=tg, nfe=tg.nfe)`` (which refuses
+    another solver, other options, another process or a budget that buys other steps).
     """
     from scipy import optimize
 

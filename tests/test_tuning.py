@@ -62,6 +62,31 @@ def test_tuned_grid_is_in_span_with_the_steps_the_budget_buys_and_beats_its_warm
     assert bool((sol.nfe == 8).all())
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(solver="euler"), "tuned for solver 'heun'"),
+    (dict(nfe=10), r"nfe=10 buys 5 steps .* tuned for nfe=8"),
+    (dict(nfe=8, denoise_final=True), "final denoising"),
+    (dict(steps=4), "holds its own 4 steps"),
+])
+def test_sample_refuses_a_tuned_grid_used_for_something_else(tuned, kwargs, match):
+    _, tg = tuned
+    args = {"solver": "heun", "process": PROCESS, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fs.sample(args.pop("process"), FIELD, 3, grid=tg, seed=0, **args)
+
+
+def test_sample_refuses_a_tuned_grid_on_another_process(tuned):
+    _, tg = tuned
+    other = fs.EDM(sigma_max=40.0)
+    with pytest.raises(ValueError, match="tuned for process EDM"):
+        fs.sample(other, fs.exact_field(other, fs.toy.ring(n_modes=4, radius=2.0, std=0.2)), 3, "heun", grid=tg)
+
+
+def test_sample_refuses_a_grid_that_is_neither_a_name_nor_a_tuned_grid():
+    with pytest.raises(ValueError, match="grid must be a grid name .* or a TunedGrid"):
+        fs.sample(PROCESS, FIELD, 3, "heun", grid=[80.0, 1.0, 0.002], seed=0)
+
+
 def test_the_cache_returns_the_same_grid_without_work(tuned, monkeypatch):
     cache, tg = tuned
 

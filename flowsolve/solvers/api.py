@@ -358,7 +358,7 @@ def solve(flow, x: torch.Tensor, ts, solver: str = "heun", *, steps: int | None 
 
 
 def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = None, nfe: int | None = None,
-           grid: str | None = None, ts=None, rho: float | None = None, shape=None, seed: int | None = None,
+           grid=None, ts=None, rho: float | None = None, shape=None, seed: int | None = None,
            offset: int | None = None, generator: torch.Generator | None = None, x_init: torch.Tensor | None = None,
            dtype=None, device=None, denoise_final: bool = False, save_at=None, extra_args: dict | None = None,
            callback=None, differentiable: bool = False, controller: PIDController | None = None,
@@ -369,7 +369,8 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     count is the largest whose evaluations fit, the final denoising included) on the time grid
     ``grid`` (default: the solver's ``default_grid``, "karras" except for annealed_langevin's
     geometric "log_sigma" levels; ``fs.available_grids()``; ``rho=`` for karras;
-    ``grid="explicit"`` with ``ts=``); an adaptive solver takes ``rtol``/``atol`` or ``controller=`` instead, and no grid.
+    ``grid="explicit"`` with ``ts=``; or a :class:`~flowsolve.TunedGrid` from :func:`~flowsolve.tune_grid`,
+    with the solver, options and process it was tuned for, ``nfe`` optional); an adaptive solver takes ``rtol``/``atol`` or ``controller=`` instead, and no grid.
 
     Shape: each sample has shape ``shape`` (e.g. ``(3, 32, 32)``), else the field's own
     ``event_shape``, else ``x_init``'s. ``x_init`` gives the prior points instead of drawing them.
@@ -507,6 +508,8 @@ def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho,
                              f"{'/'.join(given)} would be ignored; give rtol/atol or controller= instead")
         return torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
     grid = info.default_grid if grid is None else grid
+    if not isinstance(grid, str):
+        return _tuned_grid_times(process, info, options, grid, steps, nfe, ts, rho, extra)
     if grid == "explicit":
         if steps is not None or nfe is not None:
             raise ValueError("grid='explicit' takes its steps from ts=; do not pass steps or nfe")
@@ -531,6 +534,35 @@ def _sample_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho,
             raise ValueError(f"nfe={nfe} is below one step of {info.name!r} ({info.nfe_per_step_for(options)} NFE per "
                              f"step{' + 1 for the final denoising' if extra else ''})")
     return _named_grid(process, grid, steps, rho)
+
+
+def _tuned_grid_times(process, info: SolverInfo, options, grid, steps, nfe, ts, rho, extra: int) -> torch.Tensor:
+    """The times of a :class:`~flowsolve.TunedGrid`, refused where they would not mean what it was
+    tuned for: another solver, other options, another process, or a budget that buys other steps."""
+    from ..tuning import TunedGrid  # tuning builds on the solvers: imported when a tuned grid is used
+
+    if not isinstance(grid, TunedGrid):
+        raise ValueError(f"grid must be a grid name ({', '.join(_GRID_MAKERS)}) or a TunedGrid from fs.tune_grid, "
+                         f"got {type(grid).__name__}")
+    given = [k for k, v in (("ts", ts), ("steps", steps), ("rho", rho)) if v is not None]
+    if given:
+        raise ValueError(f"a TunedGrid holds its own {grid.steps} steps: do not pass {'/'.join(given)}")
+    if info.name != grid.solver:
+        raise ValueError(f"grid was tuned for solver {grid.solver!r}, not {info.name!r}: pass solver={grid.solver!r}")
+    wanted, got = {**info.options, **grid.options}, {**info.options, **options}
+    if got != wanted:
+        differ = {k: wanted[k] for k in wanted if got.get(k) != wanted[k]}
+        raise ValueError(f"grid was tuned for {grid.solver!r} with options {grid.options}; these differ: "
+                         + ", ".join(f"{k}={got.get(k)!r} (tuned with {v!r})" for k, v in differ.items()))
+    if repr(process) != grid.process:
+        raise ValueError(f"grid was tuned for process {grid.process}, not {process!r}")
+    if nfe is not None:
+        nfe = check_int("nfe", nfe, 1, MAX_STEPS)
+        if info.max_steps_within(nfe - extra, options) != grid.steps:
+            raise ValueError(f"nfe={nfe} buys {info.max_steps_within(nfe - extra, options)} steps of {info.name!r}"
+                             f"{' (one evaluation goes to the final denoising)' if extra else ''}, but the grid "
+                             f"was tuned for nfe={grid.nfe} ({grid.steps} steps)")
+    return make_grid(process, "explicit", ts=grid.ts)
 
 
 #: Named grids already made, by (process, grid, steps, rho): a grid costs about as much to make as
