@@ -5,7 +5,8 @@ Cases: ``SOLVER@SIZE`` with SIZE ``ring`` (n = 1e6 samples of d = 2) or ``image`
 3x32x32), float32, 10 steps on the default grid (the peak does not grow with the steps: nothing is
 kept per step). Each case runs in a fresh subprocess, so ``ru_maxrss`` is that case's own peak;
 ``extra`` is the peak less the RSS just before ``fs.sample`` (imports, the field and the process are
-in), given in MiB and over the state's bytes (n * d * 4). The zero denoiser itself allocates one
+in, and a solve of 8 samples has run, so that the code pages of the kernels it uses, counted in RSS
+when first touched, are in too), given in MiB and over the state's bytes (n * d * 4). The zero denoiser itself allocates one
 state per call (its output), which any field costs. By default the children run with glibc's
 ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB, so that every tensor larger than that is its own mapping and
 the peak RSS is the peak of the live tensors; glibc's dynamic threshold otherwise serves freed
@@ -51,6 +52,9 @@ def run_case(case: str, steps: int) -> dict:
     process = fs.EDM()
     field = fs.Field.from_denoiser(process, lambda x, t: torch.zeros_like(x), event_shape=event)
     state = n * int(torch.tensor(event).prod()) * 4
+    # a small solve first: the code pages of the kernels used (tens of MiB of libtorch) count in RSS
+    # when first touched, and they are not the sampler's memory
+    fs.sample(process, field, 8, solver, steps=steps, dtype=torch.float32)
     before = _rss_mib()
     start = time.perf_counter()
     sol = fs.sample(process, field, n, solver, steps=steps, dtype=torch.float32)

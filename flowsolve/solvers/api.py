@@ -453,8 +453,9 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     return sol
 
 
-#: Elements per block of the prior draw: its float64 temporaries stay a few MiB whatever n.
-PRIOR_BLOCK_ELEMENTS = 1 << 18
+#: Elements per block of the prior draw: its temporaries (float64, and the noise generator's own, about
+#: 50 bytes per element at d = 2) stay a few MiB whatever n.
+PRIOR_BLOCK_ELEMENTS = 1 << 16
 
 
 def _draw_prior(process, n: int, event: tuple, dtype, device, seed: int, offset: int, generator) -> torch.Tensor:
