@@ -181,7 +181,8 @@ def main(argv=None) -> int:
                     c = _per_step(lambda: fs.sample(process, field, batch, solver, steps=args.steps, x_init=x0,
                                                     compile=True), args.steps, args.repeats)
                 g = _per_step(graph.replay, args.steps, args.repeats)
-            print(f"{solver:10s} {batch:7d} {str(equal) + f' {diff:.1e}':>12s} {e[0]:7.3f}/{e[1]:6.3f} {c[0]:6.3f}/{c[1]:6.3f} "
+            same = f"{equal} {diff:.1e}"
+            print(f"{solver:10s} {batch:7d} {same:>12s} {e[0]:7.3f}/{e[1]:6.3f} {c[0]:6.3f}/{c[1]:6.3f} "
                   f"{g[0]:6.3f}/{g[1]:6.3f}", flush=True)
     print("ms/step as min/median of", args.repeats, "runs;", "all checks passed" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
