@@ -8,8 +8,8 @@ kept per step). Each case runs in a fresh subprocess, so ``ru_maxrss`` is that c
 in, and a solve of 8 samples has run, so that the code pages of the kernels it uses, counted in RSS
 when first touched, are in too), given in MiB and over the state's bytes (n * d * 4). The zero
 denoiser itself allocates one state per call (its output), which any field costs. By default the
-children run with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB, so that every tensor larger than that is its own mapping and
-the peak RSS is the peak of the live tensors; glibc's dynamic threshold otherwise serves freed
+children run with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB, so that every tensor larger than
+that is its own mapping and the peak RSS is the peak of the live tensors; glibc's dynamic threshold otherwise serves freed
 state-sized blocks from the heap, whose fragmentation adds a few states that vary from run to run.
 The Solution's per-sample records (nfe, n_steps, t, fault: 8 bytes each per sample) cost as much
 as a d = 2 float32 state each, so the ring's ratio carries about four states of them.
