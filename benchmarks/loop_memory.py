@@ -1,18 +1,19 @@
 """Peak memory of the sampler alone (issue 9, target 5): ``fs.sample`` with a denoiser that returns
 zeros, so what is measured is the prior draw, the solver loop and its temporaries, not a field.
 
-Cases: ``SOLVER@SIZE`` with SIZE ``ring`` (n = 1e6 samples of d = 2) or ``image`` (n = 1e4 samples of
-3x32x32), float32, 10 steps on the default grid (the peak does not grow with the steps: nothing is
-kept per step). Each case runs in a fresh subprocess, so ``ru_maxrss`` is that case's own peak;
+Cases: ``SOLVER@SIZE`` with SIZE ``ring`` (n = 1e6 samples of d = 2) or ``image`` (n = 1e4 samples
+of 3x32x32), float32, 10 steps on the default grid (the peak does not grow with the steps: nothing
+is kept per step). Each case runs in a fresh subprocess, so ``ru_maxrss`` is that case's own peak;
 ``extra`` is the peak less the RSS just before ``fs.sample`` (imports, the field and the process are
 in, and a solve of 8 samples has run, so that the code pages of the kernels it uses, counted in RSS
 when first touched, are in too), given in MiB and over the state's bytes (n * d * 4). The zero
 denoiser itself allocates one state per call (its output), which any field costs. By default the
 children run with glibc's ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB, so that every tensor larger than
-that is its own mapping and the peak RSS is the peak of the live tensors; glibc's dynamic threshold otherwise serves freed
-state-sized blocks from the heap, whose fragmentation adds a few states that vary from run to run.
-The Solution's per-sample records (nfe, n_steps, t, fault: 8 bytes each per sample) cost as much
-as a d = 2 float32 state each, so the ring's ratio carries about four states of them.
+that is its own mapping and the peak RSS is the peak of the live tensors; glibc's dynamic threshold
+otherwise serves freed state-sized blocks from the heap, whose fragmentation adds a few states that
+vary from run to run. The Solution's per-sample records (nfe, n_steps, t, fault: 8 bytes each per
+sample) cost as much as a d = 2 float32 state each, so the ring's ratio carries about four states of
+them.
 
 ``--against REV`` also runs every case with the whole ``flowsolve`` package as of git revision REV
 (extracted to a temporary folder and put first on the child's path), side by side.
