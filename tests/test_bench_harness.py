@@ -396,6 +396,25 @@ def test_method_names_are_checked_when_parsed():
     assert FlowsolveMethod("heun", grid_options={"rho": 3}).name == "heun@karras:rho=3"
 
 
+def test_method_names_carry_solver_options_and_parse_back_to_themselves(problem, tmp_path):
+    for name, options, grid in [("unipc[variant=bh1]", {"variant": "bh1"}, None),
+                                ("unipc@log_sigma[order=3,variant='bh1']", {"order": 3, "variant": "bh1"}, "log_sigma"),
+                                ("dpmpp_3m@karras:rho=3[variant='published']", {"variant": "published"}, "karras"),
+                                ("unipc@tuned[order=3]", {"order": 3}, "tuned")]:
+        m = bench_methods.method(name)
+        assert (m.options, m.grid) == (options, grid)
+        again = bench_methods.method(m.name)  # the printed name is a name the parser takes
+        assert again.name == m.name and again.settings() == m.settings()
+    assert FlowsolveMethod("unipc", options={"variant": "bh1"}).name == "unipc[variant='bh1']"
+    for name, match in [("unipc[=1]", "key=value"), ("[order=3]", "key=value"), ("unipc[colour=1]", "unknown option")]:
+        with pytest.raises(ValueError, match=match):
+            bench_methods.method(name)
+    # the options reach the solver: the bench's cell is fs.sample with them
+    res = harness.work_precision(problem, ["unipc[variant=bh1]", "unipc"], nfe=[8], cache_dir=tmp_path)
+    bh1, bh2 = (r["rmse"] for r in res.records)
+    assert bh1 != bh2
+
+
 def test_a_metric_whose_library_is_missing_is_none_with_a_note(problem, tmp_path, monkeypatch):
     from flowsolve.bench import metrics
     real = metrics._library

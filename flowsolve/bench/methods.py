@@ -14,6 +14,7 @@ on the same calibration points); a peer as ``"library.solver"``
 
 from __future__ import annotations
 
+import ast
 import difflib
 from dataclasses import dataclass, field
 
@@ -197,7 +198,7 @@ class FlowsolveMethod(Method):
             name = solver if grid is None and not self.grid_options else f"{solver}@{grid or info.default_grid}" + \
                 "".join(f":{k}={v:g}" for k, v in sorted(self.grid_options.items()))
             if self.options:
-                name += "[" + ",".join(f"{k}={v!r}" for k, v in sorted(self.options.items())) + "]"
+                name += _options_label(self.options)
         self.name = name
         self.kind, self.adaptive, self.order = info.kind, info.adaptive, info.order
         self.description = info.description
@@ -306,7 +307,8 @@ def method(name) -> Method:
 
     ``"solver"`` or ``"solver@grid"`` (a flowsolve solver on a grid of ``fs.available_grids()``,
     with options after colons: ``"heun@karras:rho=3"``; or on a grid computed for the problem,
-    ``"ipndm@tuned"``, ``"euler@gits"``: :class:`ComputedGridMethod`); ``"library.solver"`` for a peer
+    ``"ipndm@tuned"``, ``"euler@gits"``: :class:`ComputedGridMethod`), with solver options in brackets
+    after either (``"unipc[variant=bh1]"``, ``"unipc@tuned[order=3]"``); ``"library.solver"`` for a peer
     (``flowsolve.bench.peers.PEERS``). An unknown name is refused with the closest names."""
     if isinstance(name, Method):
         return name
@@ -317,6 +319,7 @@ def method(name) -> Method:
         if name not in peers:
             raise unknown_choice("method", name, sorted(peers))
         return peers[name]
+    name, options = _split_options(name)
     solver, at, grid_part = name.partition("@")
     known = _solvers.available_solvers()
     if solver not in known:
@@ -325,10 +328,10 @@ def method(name) -> Method:
         raise ValueError(f"unknown method {name!r}: not a flowsolve solver (flowsolve solvers) nor a peer "
                          f"(library.solver){hint}")
     if not at:  # "heun" (while "heun@" names an empty grid, refused below)
-        return FlowsolveMethod(solver)
+        return FlowsolveMethod(solver, options=options)
     grid, *opts = grid_part.split(":")
     if grid in COMPUTED_GRIDS and not opts:
-        return ComputedGridMethod(solver, grid, name=name)
+        return ComputedGridMethod(solver, grid, options, name=name + _options_label(options))
     if grid not in available_grids() or grid == "explicit":
         raise unknown_choice(f"grid in method {name!r}", grid,
                              [g for g in available_grids() if g != "explicit"] + list(COMPUTED_GRIDS))
@@ -341,4 +344,29 @@ def method(name) -> Method:
             grid_options[key] = float(value)
         except ValueError:
             raise ValueError(f"method {name!r}: rho must be a number, got {value!r}") from None
-    return FlowsolveMethod(solver, grid, grid_options, name=name)
+    return FlowsolveMethod(solver, grid, grid_options, options, name=None if options else name)
+
+
+def _options_label(options: dict) -> str:
+    """``"[key=value,...]"`` (values as Python literals), or "" without options."""
+    return "[" + ",".join(f"{k}={v!r}" for k, v in sorted(options.items())) + "]" if options else ""
+
+
+def _split_options(name: str) -> tuple[str, dict]:
+    """``"unipc@karras[variant='bh1',order=3]"`` -> ``("unipc@karras", {"variant": "bh1", "order": 3})``.
+    Values are Python literals (``3``, ``1e-3``, ``True``, ``'bh1'``); a bare word is a string."""
+    if not name.endswith("]"):
+        return name, {}
+    head, bracket, body = name[:-1].partition("[")
+    if not bracket or not head:
+        raise ValueError(f"method {name!r}: solver options are written 'solver[key=value,...]'")
+    options = {}
+    for item in filter(None, (part.strip() for part in body.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ValueError(f"method {name!r}: solver options are written 'solver[key=value,...]', got {item!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return head, options
