@@ -406,7 +406,9 @@ def test_method_names_carry_solver_options_and_parse_back_to_themselves(problem,
         again = bench_methods.method(m.name)  # the printed name is a name the parser takes
         assert again.name == m.name and again.settings() == m.settings()
     assert FlowsolveMethod("unipc", options={"variant": "bh1"}).name == "unipc[variant='bh1']"
-    for name, match in [("unipc[=1]", "key=value"), ("[order=3]", "key=value"), ("unipc[colour=1]", "unknown option")]:
+    for name, match in [("unipc[=1]", "key=value"), ("[order=3]", "key=value"), ("unipc[colour=1]", "unknown option"),
+                        ("unipc[variant=bh9]", "method unipc.*variant must be one of"),
+                        ("dopri5[rtol=-1]", "method dopri5.*rtol")]:
         with pytest.raises(ValueError, match=match):
             bench_methods.method(name)
     # the options reach the solver: the bench's cell is fs.sample with them

@@ -188,6 +188,8 @@ class FlowsolveMethod(Method):
         self.solver, self.info = solver, info
         self.grid, self.grid_options, self.options = grid, dict(grid_options or {}), dict(options or {})
         info.check_options(self.options)
+        if self.options:
+            _check_option_values(info, self.options, label)
         # checked here, not when the first cell runs: a bad rho is the user's mistake, not a result
         for key, value in self.grid_options.items():
             if key != "rho" or (grid or info.default_grid) != "karras":
@@ -345,6 +347,19 @@ def method(name) -> Method:
         except ValueError:
             raise ValueError(f"method {name!r}: rho must be a number, got {value!r}") from None
     return FlowsolveMethod(solver, grid, grid_options, options, name=None if options else name)
+
+
+def _check_option_values(info, options: dict, label: str) -> None:
+    """Refuse option values the solver refuses (``variant="bh9"``) when the method is named, not in
+    its first cell: the solver itself is the judge, on one sample of a zero denoiser, three steps."""
+    from .. import EDM, Field, sample
+    process = EDM()
+    zero = Field.from_denoiser(process, lambda x, sigma: torch.zeros_like(x), event_shape=(1,))
+    budget = {} if info.adaptive else {"steps": 3}
+    try:
+        sample(process, zero, 1, info.name, seed=0, dtype=torch.float64, **budget, **options)
+    except ValueError as err:
+        raise ValueError(f"method {label}: {err}") from None
 
 
 def _options_label(options: dict) -> str:
