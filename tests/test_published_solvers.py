@@ -212,11 +212,12 @@ def test_unipc_options_are_diffusers_unipc():
     """Every combination of predictor order 1-3, bh1/bh2 and UniC on/off against diffusers'
     UniPCMultistepScheduler (predict_x0; disable_corrector = every step for UniP alone) on the same
     float64 grid: measured <= 3.5e-15. At 6 steps with lower_order_final (both codes drop the last
-    steps' orders), at 12 without it (diffusers drops them at every step count; flowsolve below 10)."""
+    steps' orders), at 12 without it, and at 12 with it, which diffusers applies at every step count
+    and flowsolve below 10 steps unless lower_order_final="always"."""
     process, field, x0 = _mixture_problem("VP")
     flow = fs.probability_flow(process, field)
     scale = float(x0.abs().max())
-    for steps, lower_order_final in ((6, True), (12, False)):
+    for steps, lower_order_final, ours_rule in ((6, True, True), (12, False, False), (12, True, "always")):
         ts = fs.make_grid(process, "karras", steps)
         for order in (1, 2, 3):
             for variant in ("bh1", "bh2"):
@@ -226,7 +227,7 @@ def test_unipc_options_are_diffusers_unipc():
                                      final_sigmas_type="sigma_min",
                                      disable_corrector=[] if corrector else list(range(steps)))
                     ours = fs.solve(flow, x0, ts, "unipc", order=order, variant=variant, corrector=corrector,
-                                    lower_order_final=lower_order_final)
+                                    lower_order_final=ours_rule)
                     assert ours.success and ours.nfe.tolist() == [steps] * x0.shape[0]
                     err = float((ours.x - ref).abs().max())
                     assert err < 1e-12 * scale, (steps, order, variant, corrector, err)

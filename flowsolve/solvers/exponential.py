@@ -276,16 +276,23 @@ def unipc(term, x, ts, *, save=None, lower_order_final: bool = True, order: int 
     UniP-k + UniC order k + 1 (Thm. 3.1). Options: ``order`` (predictor order, default 2, in
     1..3; the first steps warm up with the history they have), ``variant`` (``"bh2"`` default,
     or ``"bh1"``), ``corrector`` (default True; False is UniP alone), ``lower_order_final``
-    (default True: below 10 steps the last steps drop to order ``steps - i``; the reference
-    codes do so at every step count, which ``lower_order_final=False`` does not reproduce above 9
-    steps either: see docs/solvers_exponential.md)."""
-    lower_order_final = check_bool("lower_order_final", lower_order_final)
+    (default True: below 10 steps the last steps drop to order ``steps - i``; ``"always"``: at
+    every step count, the reference codes' rule (wl-zhao/UniPC, diffusers), which keeps the
+    final steps low-order however many steps there are; False: never; see
+    docs/solvers_exponential.md)."""
+    always = lower_order_final == "always"
+    if not always:
+        try:
+            lower_order_final = check_bool("lower_order_final", lower_order_final)
+        except ValueError:
+            raise ValueError(f"lower_order_final must be True, False or 'always', got {lower_order_final!r}") from None
     order = check_int("order", order, 1, UNIPC_MAX_ORDER)
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"variant must be one of {list(UNIPC_VARIANTS)}, got {variant!r}")
     corrector = check_bool("corrector", corrector)
     grid = LambdaGrid(term, ts)
-    orders = [multistep_order(i, grid.n_steps, order, lower_order_final) for i in range(grid.n_steps)]
+    below = grid.n_steps + 1 if always else LOWER_ORDER_FINAL_BELOW
+    orders = [multistep_order(i, grid.n_steps, order, bool(lower_order_final), below) for i in range(grid.n_steps)]
     lam, denoised = [], []
     current = {}  # D at the current point, from the previous step's evaluation at its end
 
