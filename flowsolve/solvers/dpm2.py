@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .fixed import run_fixed_grid
-from .multistep import SigmaGrid
+from .fixed import SigmaGrid, run_fixed_grid
 from .registry import register_solver
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .._validation import check_bool, check_int
-from .fixed import run_fixed_grid
+from .fixed import SigmaGrid, run_fixed_grid
 from .registry import register_solver
 
 # Multistep solvers use lower orders at the end only for fewer steps than this (as in the
@@ -76,16 +76,52 @@ def phi(k: int, z: float) -> float:
     return val
 
 
-class LambdaGrid:
+# Terms of phi_tensor's series kept on |z| < _PHI_SERIES_BELOW: the first one dropped is below 1e-17
+# of the sum there for k <= 3 (0.5^13 3! / 16! = 3.5e-17).
+_PHI_TENSOR_SERIES_TERMS = 13
+
+
+def phi_tensor(k_max: int, z: torch.Tensor) -> list[torch.Tensor]:
+    """``[phi_1(z), ..., phi_{k_max}(z)]`` elementwise for a float64 tensor ``z``, the tensor form of
+    :func:`phi` (same split at ``|z| = 0.5``): the recursion
+    ``phi_{k+1} = (phi_k - 1/k!)/z`` from ``phi_1 = expm1(z)/z`` for large ``|z|``, and for small
+    ``|z|`` (where that recursion cancels) the series of ``phi_{k_max}`` by Horner, then the exact
+    ``phi_k = 1/k! + z phi_{k+1}`` downwards. Only elementwise operations: a value never depends
+    on the tensor's other entries."""
+    small = z.abs() < _PHI_SERIES_BELOW
+    zs = torch.where(small, z, 0.0)
+    # series of phi_K: sum_j z^j / (j + K)!, by Horner: acc <- 1/(j+K)! + z acc
+    acc = torch.full_like(zs, 1.0 / math.factorial(_PHI_TENSOR_SERIES_TERMS - 1 + k_max))
+    for j in range(_PHI_TENSOR_SERIES_TERMS - 2, -1, -1):
+        acc = torch.addcmul(_constant(1.0 / math.factorial(j + k_max), zs), zs, acc)
+    series = [acc]
+    for k in range(k_max - 1, 0, -1):
+        series.insert(0, torch.addcmul(_constant(1.0 / math.factorial(k), zs), zs, series[0]))
+    zl = torch.where(small, 1.0, z)
+    large = [torch.expm1(zl) / zl]
+    for k in range(1, k_max):
+        large.append((large[-1] - 1.0 / math.factorial(k)) / zl)
+    return [torch.where(small, s, v) for s, v in zip(series, large)]
+
+
+_CONSTANTS: dict = {}
+
+
+def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-dim tensor of ``like``'s dtype and device, made once (a Horner step is then
+    one ``addcmul``, with no ``full_like`` beside it)."""
+    key = (value, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return _CONSTANTS[key]
+
+
+class LambdaGrid(SigmaGrid):
     """A grid ``ts`` seen in ``(t, s, sigma, lambda = -log sigma)``, float64 Python floats."""
 
     def __init__(self, term, ts: torch.Tensor):
-        p = term.process
-        self.t = ts.tolist()
-        self.s = p._scale(ts).tolist()
-        self.sigma = p._sigma(ts).tolist()
+        super().__init__(term, ts)
         self.lam = [-math.log(v) for v in self.sigma]
-        self.n_steps = len(self.t) - 1
 
     def linear_terms(self, i: int):
         """``s_{i+1}``, ``sigma^dpm_{i+1} / sigma^dpm_i`` and ``h = lambda_{i+1} - lambda_i`` of step i."""

@@ -14,9 +14,21 @@ import torch
 
 from .saving import SaveAt
 from .solution import NONE, NONFINITE, Solution, finite_rows, interrupted, per_sample, summarise
-
-__all__ = ["run_fixed_grid", "march", "freeze", "denoise_final"]
 from .term import FieldError, Term
+
+__all__ = ["run_fixed_grid", "march", "freeze", "denoise_final", "SigmaGrid"]
+
+
+class SigmaGrid:
+    """A grid ``ts`` seen in ``(t, s(t), sigma(t))``, float64 Python floats, computed once per grid
+    for the solvers whose coefficients are functions of the schedule."""
+
+    def __init__(self, term, ts: torch.Tensor):
+        p = term.process
+        self.t = ts.tolist()
+        self.s = p._scale(ts).tolist()
+        self.sigma = p._sigma(ts).tolist()
+        self.n_steps = len(self.t) - 1
 
 
 def freeze(failed: torch.Tensor, x_old: torch.Tensor, x_new: torch.Tensor) -> torch.Tensor:
@@ -68,7 +80,7 @@ def run_fixed_grid(term: Term, x: torch.Tensor, ts: torch.Tensor, step: Callable
     if save is not None:
         save.start(x, grid[0])
     x = march(term, x, grid, faults, step, save, extras)
-    return _solution(term, x, grid, faults, len(grid) - 1, save, extras)
+    return _solution(term, x, grid, faults, save, extras)
 
 
 def march(term: Term, x: torch.Tensor, grid: list, faults: _Faults, step: Callable, save: SaveAt | None = None,
@@ -87,7 +99,7 @@ def march(term: Term, x: torch.Tensor, grid: list, faults: _Faults, step: Callab
             x_new = step(i, x, t0, t1)
         except FieldError as err:
             err.step = i
-            err.solution = interrupted(_solution(term, x, grid, faults, i, save, extras), grid[-1])
+            err.solution = interrupted(_solution(term, x, grid, faults, save, extras), grid[-1])
             raise
         if callback is not None:  # sees the state before the step, so it runs before the freeze
             callback(i, t0, x, term.denoised())
@@ -98,11 +110,12 @@ def march(term: Term, x: torch.Tensor, grid: list, faults: _Faults, step: Callab
     return x
 
 
-def _solution(term, x, grid, faults: _Faults, steps_done: int, save, extras) -> Solution:
-    """The Solution after ``steps_done`` steps of everybody (failed samples stopped earlier)."""
+def _solution(term, x, grid, faults: _Faults, save, extras) -> Solution:
+    """The Solution of the steps taken so far (``faults.done`` per sample; failed samples stopped
+    earlier)."""
     times = torch.tensor(grid, dtype=torch.float64, device=x.device)
     failed = faults.failed
-    n_steps = faults.done  # steps_done for the samples still running: each of them counted every step
+    n_steps = faults.done  # the samples still running counted every step
     code = torch.where(failed, NONFINITE, NONE)
     status, message = summarise(code, n_steps, times[n_steps])
     ts, xs = save.result() if save is not None else (None, None)

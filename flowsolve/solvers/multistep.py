@@ -53,24 +53,13 @@ import numpy as np
 import torch
 
 from .._validation import check_int
-from .fixed import run_fixed_grid
+from .fixed import SigmaGrid, run_fixed_grid
 from .registry import register_solver
 
 MAX_ORDER = 4
 
 # Adams-Bashforth weights for equal steps (numerators, denominator), newest derivative first.
 AB_WEIGHTS = {1: ((1,), 1), 2: ((3, -1), 2), 3: ((23, -16, 5), 12), 4: ((55, -59, 37, -9), 24)}
-
-
-class SigmaGrid:
-    """A grid ``ts`` seen in ``(t, s(t), sigma(t))``, float64 Python floats."""
-
-    def __init__(self, term, ts: torch.Tensor):
-        p = term.process
-        self.t = ts.tolist()
-        self.s = p._scale(ts).tolist()
-        self.sigma = p._sigma(ts).tolist()
-        self.n_steps = len(self.t) - 1
 
 
 def ipndm_v_weights(sigma: list[float], i: int, k: int) -> list[float]:
