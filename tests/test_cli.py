@@ -3,7 +3,6 @@
 import io
 import re
 
-import pytest
 import torch
 
 from flowsolve import cli
