@@ -224,10 +224,8 @@ def _event_shape(field, event_shape):
 def prior_points(process, event_shape, n: int, seed: int) -> torch.Tensor:
     """``n`` float64 prior draws at ``t_max`` of seed ``seed``, drawn as ``fs.sample(..., seed=seed)``
     and ``Problem.x_init`` draw them (one noise stream per sample)."""
-    from .solvers.api import PRIOR_STREAM
-    from .solvers.noise import NoiseSource
-    noise = NoiseSource(seed, n, event_shape, dtype=torch.float64, stream=PRIOR_STREAM)
-    return process.prior_std * noise.kernel_noise(process.kernel)
+    from .solvers.api import draw_prior
+    return draw_prior(process, n, tuple(event_shape), torch.float64, None, seed)
 
 
 def _reference(process, field, x0, rtol, key, cache_dir):

@@ -128,7 +128,7 @@ def test_prior_drawn_in_blocks_is_the_one_draw(process, monkeypatch):
     whole = NoiseSource(seed, n, event, device=None, offset=offset, stream=api.PRIOR_STREAM)
     expected = (process.prior_std * whole.kernel_noise(process.kernel)).to(torch.float32)
     monkeypatch.setattr(api, "PRIOR_BLOCK_ELEMENTS", 24)  # blocks of 4 samples, the last one of 1
-    got = api._draw_prior(process, n, event, torch.float32, None, seed, offset, None)
+    got = api.draw_prior(process, n, event, torch.float32, None, seed, offset, None)
     assert got.dtype == torch.float32 and torch.equal(got, expected)
 
 

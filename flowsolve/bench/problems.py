@@ -81,8 +81,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .. import processes as _processes
 from .. import toy as _toy
 from .._validation import check_int
-from ..solvers.api import PRIOR_STREAM
-from ..solvers.noise import NoiseSource
+from ..solvers.api import draw_prior
 from ..toy.distributions import Empirical, Gaussian, GaussianMixture
 from .expressions import Expression, ExpressionError, allowed_description
 from .records import DISTRIBUTION_METRICS, ENDPOINT_METRICS
@@ -103,8 +102,8 @@ DEFAULT_SOLVERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "dopri5", "torchdiff
 DEFAULT_NFE = (10, 20, 40, 80)
 DEFAULT_RTOL = (1e-3, 1e-4, 1e-5)
 #: First word of the seed of :meth:`Problem.data_sample` ("data" in ASCII): its draws come from
-#: ``SeedSequence([DATA_SAMPLE_TAG, seed])``, a stream apart from the start points' streams
-#: ``SeedSequence([start_seed + seed, PRIOR_STREAM, block])`` of :class:`flowsolve.NoiseSource`.
+#: ``SeedSequence([DATA_SAMPLE_TAG, seed])`` and a torch generator, apart from the start points'
+#: per-sample Philox streams of :class:`flowsolve.NoiseSource`.
 DATA_SAMPLE_TAG = 0x64617461
 
 _PROCESS_CLASSES = {"VE": _processes.VE, "VP": _processes.VP, "SubVP": _processes.SubVP, "EDM": _processes.EDM,
@@ -565,14 +564,11 @@ class Problem:
     def x_init(self, seed: int = 0, n: int | None = None) -> torch.Tensor:
         """The ``n`` (default: the problem's) start points (float64, ``(n, *event_shape)``) of
         start-point set ``seed``: the prior at ``t_max`` drawn exactly as ``fs.sample(process,
-        field, n, ..., seed=start_seed + seed)`` draws it, ``prior_std * NoiseSource(start_seed +
-        seed, n, event_shape, stream=PRIOR_STREAM).kernel_noise(kernel)``. Every sample has its own
-        stream, so the first k points are the same whatever ``n``."""
+        field, n, ..., seed=start_seed + seed)`` draws it (``flowsolve.solvers.api.draw_prior``). Every
+        sample has its own stream, so the first k points are the same whatever ``n``."""
         seed = check_int("seed", seed, 0)
         n = self.n if n is None else check_int("n", n, 1)
-        noise = NoiseSource(self.start_seed + seed, n, self.event_shape, dtype=torch.float64,
-                            stream=PRIOR_STREAM)
-        return self.process.prior_std * noise.kernel_noise(self.process.kernel)
+        return draw_prior(self.process, n, tuple(self.event_shape), torch.float64, None, self.start_seed + seed)
 
     def data_sample(self, m: int | None = None, seed: int = 0) -> torch.Tensor:
         """``m`` (default ``data_samples``) draws of the data law, float64 ``(m, *event_shape)``,

@@ -436,7 +436,7 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
     # the prior
     owned = x_init is None
     if x_init is None:
-        x_init = _draw_prior(process, n, event, dtype, device, seed, offset, generator)
+        x_init = draw_prior(process, n, event, dtype, device, seed, offset, generator)
         overflow = int((~finite_rows(x_init)).sum())
     else:
         overflow = 0
@@ -458,12 +458,14 @@ def sample(process, field, n: int, solver: str = "heun", *, steps: int | None = 
 PRIOR_BLOCK_ELEMENTS = 1 << 16
 
 
-def _draw_prior(process, n: int, event: tuple, dtype, device, seed: int, offset: int, generator) -> torch.Tensor:
+def draw_prior(process, n: int, event: tuple, dtype, device, seed: int, offset: int = 0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` prior points ``s(t_max) sigma(t_max) n_kernel``, drawn and scaled in float64 and cast
     once to ``dtype``. The per-sample streams are drawn in row blocks of ``PRIOR_BLOCK_ELEMENTS``
     elements straight into the result (sample ``offset + i`` has its own streams, so the blocks give
     the same numbers as one draw); one ``generator=`` draws the batch at once (its numbers depend
-    on the batch)."""
+    on the batch). The one prior draw of flowsolve: ``fs.sample``, the bench's start points and the
+    tuner's calibration points all come from here."""
     if generator is not None:
         prior = GeneratorNoise(generator, n, event, device=device)
         return (process.prior_std * prior.kernel_noise(process.kernel)).to(dtype)
