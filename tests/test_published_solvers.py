@@ -275,7 +275,8 @@ def test_unipc_orders(options, order, grid):
 def test_unipc_options_are_checked():
     process = fs.VP()
     field = fs.exact_field(process, GAUSS)
-    for bad in (dict(order=0), dict(order=4), dict(variant="bh3"), dict(corrector=1)):
+    for bad in (dict(order=0), dict(order=4), dict(variant="bh3"), dict(corrector=1),
+                dict(lower_order_final="sometimes")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             fs.sample(process, field, 2, "unipc", steps=4, seed=0, **bad)
     assert fs.available_solvers()["unipc"]["options"] == {"lower_order_final": True, "order": 2, "variant": "bh2",
